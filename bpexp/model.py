@@ -1,0 +1,360 @@
+"""Models trained by backpropagation, written out in numpy.
+
+- :class:`Perceptron`: the article's multi-class perceptron, ŷ = softmax(A·x), with
+  the bias as the last column of A (the input carries a constant 1 last).
+- :class:`MLP`: dense layers with ReLU and optional (inverted) dropout, ending in a
+  softmax; the article's TensorFlow example is 784-128 ReLU, dropout 0.2, 10-way.
+
+Both minimise the objective  J = (1/n)·Σᵢ CE(ŷᵢ, yᵢ) + (λ₂/2)·‖W‖²  where the
+cross-entropy is the article's equation 1, CE = −Σ_k y_k·log ŷ_k, and the L2 term
+never touches a bias. Each layer's backward code sits beside its forward code.
+Shapes: B batch, D inputs (with the constant-1 column: D+1), H hidden, K classes.
+
+Buffers are allocated once per batch size and reused, so a training step makes
+almost no allocations and never promotes float32 to float64.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+def log_softmax_loss(logits: np.ndarray, y: np.ndarray, probs_out: np.ndarray) -> float:
+    """Mean cross-entropy of ``logits`` (B, K) against labels ``y`` (B,), via log-sum-exp.
+
+    Writes softmax(logits) into ``probs_out`` (B, K) for the backward pass, and
+    leaves ``logits`` untouched.
+
+    Returns:
+        The mean loss over the batch, as a Python float.
+    """
+    # log-sum-exp with the row max taken out: log Σ e^{z_k} = m + log Σ e^{z_k − m}
+    np.subtract(logits, logits.max(axis=1, keepdims=True), out=probs_out)  # (B, K), row max is 0
+    rows = np.arange(len(y))
+    picked = probs_out[rows, y].astype(np.float64)  # z_y − m, (B,)
+    np.exp(probs_out, out=probs_out)
+    sums = probs_out.sum(axis=1, keepdims=True)  # (B, 1) ≥ 1, so the log is safe
+    probs_out /= sums
+    loss = np.log(sums[:, 0], dtype=np.float64) - picked  # −log ŷ_y
+    return float(loss.mean())
+
+
+def softmax_grad_(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Turn ``probs`` (B, K) into dJ/dz = (ŷ − y_onehot)/B in place (article eq. 3) and return it."""
+    probs[np.arange(len(y)), y] -= 1.0
+    probs *= probs.dtype.type(1.0 / len(y))
+    return probs
+
+
+class Model(ABC):
+    """A differentiable classifier whose parameters an optimiser updates in place.
+
+    The training loop calls :meth:`loss_and_grad` once per step and then hands
+    ``params`` and ``grads`` (parallel lists of arrays) to the optimiser.
+    """
+
+    params: list[np.ndarray]
+    grads: list[np.ndarray]
+    n_classes: int
+
+    def __init__(self, l2: float, dtype: str) -> None:
+        self.l2 = float(l2)
+        self.dtype = np.dtype(dtype)
+        self._buffers: dict[str, np.ndarray] = {}
+
+    # --- the two passes -------------------------------------------------------
+
+    @abstractmethod
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Forward pass without dropout. Returns logits (B, K) in a reused buffer."""
+
+    @abstractmethod
+    def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
+        """Forward and backward pass on one batch, training mode (dropout on).
+
+        Fills ``self.grads`` with dJ/dθ of the batch objective (mean cross-entropy
+        plus the L2 term) and returns the batch's mean cross-entropy (without L2).
+        ``rng`` draws the dropout masks; without it dropout is off.
+        """
+
+    @abstractmethod
+    def decayed(self) -> list[np.ndarray]:
+        """Views of the parameters that L2 applies to (every weight, no bias)."""
+
+    # --- shared helpers ---------------------------------------------------------
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A reusable array of ``shape``; row-slices of a larger one stay contiguous."""
+        rows = shape[0]
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1:] != shape[1:]:
+            buf = np.empty((max(rows, 1),) + shape[1:], dtype=self.dtype)
+            self._buffers[name] = buf
+        return buf[:rows]
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy on (X, y), dropout off.
+
+        Returns:
+            ``(loss, accuracy)``; the loss is NaN where the weights are no longer finite.
+        """
+        total, correct = 0.0, 0
+        for start in range(0, len(y), chunk):
+            Xc, yc = X[start : start + chunk], y[start : start + chunk]
+            z = self.logits(Xc)
+            probs = self._buffer("eval_probs", z.shape)
+            with np.errstate(over="ignore", invalid="ignore"):
+                total += log_softmax_loss(z, yc, probs) * len(yc)
+            correct += int(np.count_nonzero(z.argmax(axis=1) == yc))
+        return total / len(y), correct / len(y)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted class per row of X. Returns int64 (n,)."""
+        return np.concatenate([self.logits(X[s : s + 4096]).argmax(axis=1) for s in range(0, len(X), 4096)])
+
+    def l2_penalty(self) -> float:
+        """(λ₂/2)·‖W‖² over the decayed weights."""
+        if self.l2 == 0.0:
+            return 0.0
+        return 0.5 * self.l2 * sum(float(np.vdot(w, w)) for w in self.decayed())
+
+    def objective(self, X: np.ndarray, y: np.ndarray) -> float:
+        """The full objective J on (X, y): mean cross-entropy plus the L2 term."""
+        return self.evaluate(X, y)[0] + self.l2_penalty()
+
+    def _add_l2_grad(self) -> None:
+        # d/dW (λ₂/2)‖W‖² = λ₂·W, on the weights only
+        if self.l2 == 0.0:
+            return
+        for w, g in zip(self.decayed(), self.decayed_grads()):
+            g += self.dtype.type(self.l2) * w
+
+    @abstractmethod
+    def decayed_grads(self) -> list[np.ndarray]:
+        """The gradient views matching :meth:`decayed`."""
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of every parameter array."""
+        return [p.copy() for p in self.params]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        """Copy ``weights`` into the parameters in place (the optimiser keeps its references)."""
+        if len(weights) != len(self.params):
+            raise ValueError(f"weights: expected {len(self.params)} arrays, got {len(weights)}")
+        for p, w in zip(self.params, weights):
+            if p.shape != w.shape:
+                raise ValueError(f"weights: expected shape {p.shape}, got {w.shape}")
+            p[...] = w
+
+    def weight_norm(self) -> float:
+        """‖θ‖ over every parameter, biases included."""
+        return float(np.sqrt(sum(float(np.vdot(p, p)) for p in self.params)))
+
+    @property
+    def param_names(self) -> list[str]:
+        """Names of the arrays in ``params``, for saving weights."""
+        return [f"p{i}" for i in range(len(self.params))]
+
+
+class Perceptron(Model):
+    """The article's multi-class perceptron: ŷ = softmax(A·x), A of shape (K, D+1).
+
+    The last column of A is the bias, because x ends in a constant 1.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_classes: int,
+        *,
+        init: str = "zeros",
+        init_scale: float = 0.01,
+        l2: float = 0.0,
+        dtype: str = "float32",
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(l2, dtype)
+        self.n_classes = n_classes
+        shape = (n_classes, n_inputs + 1)  # (K, D+1)
+        if init == "zeros":
+            A = np.zeros(shape, dtype=self.dtype)
+        elif init == "small_random":
+            rng = rng or np.random.default_rng(0)
+            A = (rng.standard_normal(shape) * init_scale).astype(self.dtype)
+            A[:, -1] = 0.0
+        else:
+            raise ValueError(f"init must be 'zeros' or 'small_random' for the perceptron; got {init!r}")
+        self.A = A
+        self.dA = np.zeros_like(A)
+        self.params, self.grads = [self.A], [self.dA]
+
+    @property
+    def param_names(self) -> list[str]:
+        return ["A"]
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        out = self._buffer("z", (X.shape[0], self.n_classes))
+        return np.matmul(X, self.A.T, out=out)  # (B, D+1) @ (D+1, K) -> (B, K)
+
+    def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
+        B = X.shape[0]
+        # forward: z = A·x for every row, ŷ = softmax(z)
+        z = self.logits(X)  # (B, K)
+        probs = self._buffer("probs", (B, self.n_classes))
+        loss = log_softmax_loss(z, y, probs)
+        # backward: dJ/dA = (ŷ − y)·xᵀ averaged over the batch (article eq. 3)
+        G = softmax_grad_(probs, y)  # (B, K)
+        np.matmul(G.T, X, out=self.dA)  # (K, B) @ (B, D+1) -> (K, D+1)
+        self._add_l2_grad()
+        return loss
+
+    def decayed(self) -> list[np.ndarray]:
+        return [self.A[:, :-1]]
+
+    def decayed_grads(self) -> list[np.ndarray]:
+        return [self.dA[:, :-1]]
+
+
+class MLP(Model):
+    """Dense ReLU layers, optional inverted dropout after each, then a softmax layer.
+
+    The first layer takes x with its constant-1 column, so its bias is the last row
+    of W₀ (as in the perceptron); later layers carry an explicit bias vector.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        hidden: list[int],
+        n_classes: int,
+        *,
+        dropout: float = 0.0,
+        init: str = "he",
+        init_scale: float = 0.01,
+        l2: float = 0.0,
+        dtype: str = "float32",
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(l2, dtype)
+        if not hidden:
+            raise ValueError("hidden must name at least one layer width; use the perceptron for none")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+        rng = rng or np.random.default_rng(0)
+        self.n_classes = n_classes
+        self.dropout = float(dropout)
+        widths = [n_inputs + 1, *hidden, n_classes]
+        self.W: list[np.ndarray] = []
+        self.b: list[np.ndarray | None] = []
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            real_fan_in = fan_in - 1 if i == 0 else fan_in
+            if init == "he":
+                std = np.sqrt(2.0 / real_fan_in)  # He et al. 2015, for ReLU
+            elif init == "small_random":
+                std = init_scale
+            else:
+                raise ValueError(f"init must be 'he' or 'small_random' for the MLP; got {init!r}")
+            W = (rng.standard_normal((fan_in, fan_out)) * std).astype(self.dtype)
+            if i == 0:
+                W[-1] = 0.0  # the bias row of the first layer starts at zero
+            self.W.append(W)
+            self.b.append(None if i == 0 else np.zeros(fan_out, dtype=self.dtype))
+        self.dW = [np.zeros_like(W) for W in self.W]
+        self.db = [None if b is None else np.zeros_like(b) for b in self.b]
+        self.params = [p for pair in zip(self.W, self.b) for p in pair if p is not None]
+        self.grads = [g for pair in zip(self.dW, self.db) for g in pair if g is not None]
+
+    @property
+    def param_names(self) -> list[str]:
+        names = []
+        for i, b in enumerate(self.b):
+            names.append(f"W{i}")
+            if b is not None:
+                names.append(f"b{i}")
+        return names
+
+    def _dense(self, a: np.ndarray, i: int, name: str) -> np.ndarray:
+        out = self._buffer(name, (a.shape[0], self.W[i].shape[1]))
+        np.matmul(a, self.W[i], out=out)  # (B, in) @ (in, out) -> (B, out)
+        if self.b[i] is not None:
+            out += self.b[i]
+        return out
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        a = X
+        for i in range(len(self.W) - 1):
+            a = self._dense(a, i, f"eval_a{i}")
+            np.maximum(a, 0, out=a)  # ReLU
+        return self._dense(a, len(self.W) - 1, "eval_z")
+
+    def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
+        B = X.shape[0]
+        last = len(self.W) - 1
+        keep = 1.0 - self.dropout
+        scale = self.dtype.type(1.0 / keep)
+        # ---- forward, keeping each layer's output for backward
+        acts = [X]  # acts[i] is the input of layer i
+        a = X
+        for i in range(last):
+            a = self._dense(a, i, f"a{i}")  # (B, H_i)
+            np.maximum(a, 0, out=a)  # ReLU: a = max(z, 0)
+            if self.dropout > 0.0 and rng is not None:
+                # inverted dropout: zero a unit with probability p, scale the rest by 1/(1−p)
+                u = self._buffer(f"u{i}", a.shape)
+                rng.random(out=u)
+                a *= u >= self.dtype.type(self.dropout)
+                a *= scale
+            acts.append(a)
+        z = self._dense(a, last, "z")  # (B, K)
+        probs = self._buffer("probs", z.shape)
+        loss = log_softmax_loss(z, y, probs)
+        # ---- backward, layer by layer in reverse
+        d = softmax_grad_(probs, y)  # dJ/dz (B, K)
+        for i in range(last, -1, -1):
+            a_in = acts[i]
+            np.matmul(a_in.T, d, out=self.dW[i])  # (in, B) @ (B, out) -> (in, out)
+            if self.db[i] is not None:
+                np.sum(d, axis=0, out=self.db[i])  # (out,)
+            if i == 0:
+                break
+            d_in = self._buffer(f"d{i}", a_in.shape)
+            np.matmul(d, self.W[i].T, out=d_in)  # (B, out) @ (out, in) -> (B, in)
+            # through ReLU and dropout: a = relu(z)·m/(1−p), so da/dz = [a > 0]/(1−p)
+            d_in *= a_in > 0
+            if self.dropout > 0.0 and rng is not None:
+                d_in *= scale
+            d = d_in
+        self._add_l2_grad()
+        return loss
+
+    def decayed(self) -> list[np.ndarray]:
+        return [self.W[0][:-1], *self.W[1:]]
+
+    def decayed_grads(self) -> list[np.ndarray]:
+        return [self.dW[0][:-1], *self.dW[1:]]
+
+
+def build_model(cfg, n_inputs: int, n_classes: int, seed: int) -> Model:
+    """Build the model a :class:`bpexp.config.ModelConfig` describes, seeded.
+
+    Returns:
+        A :class:`Perceptron` or :class:`MLP` in ``cfg.dtype``.
+    """
+    rng = np.random.default_rng([seed, 1])  # a stream of its own, apart from data and order
+    if cfg.kind == "perceptron":
+        return Perceptron(
+            n_inputs, n_classes, init=cfg.resolved_init, init_scale=cfg.init_scale, l2=cfg.l2, dtype=cfg.dtype, rng=rng
+        )
+    return MLP(
+        n_inputs,
+        list(cfg.hidden),
+        n_classes,
+        dropout=cfg.dropout,
+        init=cfg.resolved_init,
+        init_scale=cfg.init_scale,
+        l2=cfg.l2,
+        dtype=cfg.dtype,
+        rng=rng,
+    )
