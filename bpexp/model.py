@@ -303,7 +303,7 @@ class MLP(Model):
             if self.dropout > 0.0 and rng is not None:
                 # inverted dropout: zero a unit with probability p, scale the rest by 1/(1−p)
                 u = self._buffer(f"u{i}", a.shape)
-                rng.random(out=u)
+                rng.random(out=u, dtype=u.dtype)  # float32 models draw float32 uniforms
                 a *= u >= self.dtype.type(self.dropout)
                 a *= scale
             acts.append(a)
