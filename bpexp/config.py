@@ -128,11 +128,13 @@ class OptimConfig(StrictModel):
         default=32, description="1 is online SGD (the article), 'full' is full-batch gradient descent"
     )
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", mode="before")
     @classmethod
-    def _check_batch(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"optim.batch_size must be >= 1 or 'full'; got {value}")
+    def _check_batch(cls, value: Any) -> int | str:
+        if value == "full":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"must be an integer >= 1 or 'full'; got {value!r}")
         return value
 
 
@@ -140,10 +142,20 @@ class OptimConfig(StrictModel):
 
 
 class _ScheduleBase(StrictModel):
-    """Fields shared by the pieces of a schedule; lengths are given in epochs or iterations."""
+    """Fields shared by the pieces of a schedule; lengths are given in epochs or iterations.
 
-    epochs: float | None = Field(default=None, gt=0, description="length of this stage, inside a sequence")
-    iterations: int | None = Field(default=None, ge=1, description="length of this stage, inside a sequence")
+    The length is a stage's length inside a sequence; on a top-level one_cycle or
+    cosine it sets the span of the anneal (default: the whole run).
+    """
+
+    epochs: float | None = Field(default=None, gt=0, description="stage length in epochs (or the anneal span)")
+    iterations: int | None = Field(default=None, ge=1, description="stage length in iterations (or the anneal span)")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "_ScheduleBase":
+        if self.epochs is not None and self.iterations is not None:
+            raise ValueError("give schedule epochs or iterations, not both")
+        return self
 
 
 class ConstantSchedule(_ScheduleBase):
@@ -278,6 +290,21 @@ class ExperimentConfig(StrictModel):
     schedule: ScheduleConfig = Field(default_factory=ConstantSchedule)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="after")
+    def _check_schedule_bounds(self) -> "ExperimentConfig":
+        # Bounds left unset fall back on optim.lr, so only here can they be compared.
+        stages = self.schedule.stages if isinstance(self.schedule, SequenceSchedule) else [self.schedule]
+        for i, stage in enumerate(stages):
+            where = f"schedule.stages[{i}]" if isinstance(self.schedule, SequenceSchedule) else "schedule"
+            peak = getattr(stage, "max_lr", None) or self.optim.lr
+            base = getattr(stage, "base_lr", None)
+            if base is not None and base >= peak:
+                raise ValueError(f"{where}.base_lr must be < the peak λ {peak:g} (max_lr, or optim.lr); got {base:g}")
+            floor = getattr(stage, "min_lr", None)
+            if floor is not None and floor >= peak:
+                raise ValueError(f"{where}.min_lr must be < the peak λ {peak:g} (max_lr, or optim.lr); got {floor:g}")
+        return self
+
 
 # ------------------------------------------------------------------------ loading
 
@@ -302,8 +329,11 @@ def format_validation_error(error: ValidationError, source: str = "spec") -> str
             bound = next(iter(ctx.values()))
             lines.append(f"{source}: {loc} must be {op} {bound} (got {given!r})")
             continue
+        if kind == "union_tag_invalid":
+            lines.append(f"{source}: {loc}.name must be one of {ctx.get('expected_tags')}; got {ctx.get('tag')!r}")
+            continue
         message = str(item["msg"]).removeprefix("Value error, ")
-        if kind == "union_tag_invalid" or kind == "literal_error":
+        if kind == "literal_error":
             message = f"{message} (got {given!r})"
         lines.append(f"{source}: {loc}: {message}" if loc else f"{source}: {message}")
     return "; ".join(lines)
