@@ -237,7 +237,7 @@ def _encode_csv_labels(path: Path, labels: list[str]) -> np.ndarray:
     try:
         as_float = np.array([float(v) for v in labels])
     except ValueError:
-        names, codes = np.unique(np.array(labels), return_inverse=True)
+        _, codes = np.unique(np.array(labels), return_inverse=True)
         return codes.astype(np.int64)
     return as_float
 
