@@ -317,7 +317,7 @@ def format_validation_error(error: ValidationError, source: str = "spec") -> str
     """
     lines = []
     for item in error.errors():
-        loc = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
+        loc = _field_path(item["loc"])
         kind = item["type"]
         given = item.get("input")
         ctx = item.get("ctx") or {}
@@ -339,9 +339,17 @@ def format_validation_error(error: ValidationError, source: str = "spec") -> str
     return "; ".join(lines)
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic inserts the discriminator value ("triangular") into the location path
-    return isinstance(part, str) and part in SCHEDULE_NAMES
+def _field_path(loc: tuple[Any, ...]) -> str:
+    # pydantic inserts the discriminator value ("triangular") into the location path right
+    # after the union field (schedule, or a stage's index); drop it there only, so that a key
+    # which happens to share a schedule's name (schedule.step) is still named.
+    parts = []
+    for i, part in enumerate(loc):
+        prev = loc[i - 1] if i else None
+        if isinstance(part, str) and part in SCHEDULE_NAMES and (prev == "schedule" or isinstance(prev, int)):
+            continue
+        parts.append(str(part))
+    return ".".join(parts)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "spec") -> ExperimentConfig:
