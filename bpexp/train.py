@@ -274,7 +274,8 @@ def train(
                     bad_epochs += 1
                     if bad_epochs >= tcfg.patience:
                         stop_reason = "early_stopping"
-                        model.set_weights(best_weights)
+                        if best_weights is not None:  # None: the validation loss was never finite
+                            model.set_weights(best_weights)
                         break
 
     final = _final_metrics(model, dataset)
