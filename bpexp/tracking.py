@@ -1,0 +1,874 @@
+"""Tracking: every train, range test and sweep trial becomes a recorded run.
+
+A :class:`Tracker` is the plug-in point. :class:`MlflowTracker` writes to any
+MLflow tracking URI (the default ``sqlite:///mlflow.db`` in the working directory,
+an ``http://`` server, or a ``postgresql://`` backend store); :class:`NoOpTracker`
+records nothing (``--no-track``). The functions below the trackers turn bpexp's
+results into a run: params (the fully resolved config, flattened), per-epoch
+metrics (batched and chunked to MLflow's request limits), tags (stop reason,
+diagnosis, dataset fingerprint, seed, version) and artifacts (curves as PNG, the
+history as JSON, the weights as a pickle-free ``.npz``).
+
+MLflow is imported only inside :class:`MlflowTracker`, so ``--no-track`` never
+loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+
+import numpy as np
+
+from bpexp import __version__
+from bpexp.config import flatten
+from bpexp.errors import ServiceError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from bpexp.train import History, TrainResult
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "bpexp"
+
+# MLflow's request limits for one log_batch call (mlflow/utils/validation.py:
+# MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_ENTITIES_PER_BATCH).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
+# MLflow refuses param values longer than this (MAX_PARAM_VAL_LENGTH) and tag values
+# longer than MAX_TAG_VAL_LENGTH; longer values are cut with an ellipsis.
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+
+# Seconds a reachability probe waits: a wrong URI should fail in a few seconds,
+# not after MLflow's default retry loop (7 retries with exponential backoff, 120 s timeout).
+PROBE_TIMEOUT = 3.0
+
+RUN_STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+
+# Tag names shared with the sweep and the report.
+TAG_KIND = "bpexp.kind"  # train, lr_find, sweep, trial
+TAG_STOP_REASON = "bpexp.stop_reason"
+TAG_DIAGNOSIS = "bpexp.diagnosis"
+TAG_FINGERPRINT = "bpexp.data_fingerprint"
+TAG_SEED = "bpexp.seed"
+TAG_VERSION = "bpexp.version"
+TAG_ERROR = "bpexp.error"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+
+_T = TypeVar("_T")
+
+
+class RunRecord(NamedTuple):
+    """What a tracker holds for one run, read back as plain values.
+
+    ``metrics`` maps a key to its history as ``(step, value)`` pairs in step order;
+    ``artifacts`` lists every artifact path, folders walked.
+    """
+
+    run_id: str
+    name: str | None
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, list[tuple[int, float]]]
+    tags: dict[str, str]
+    artifacts: list[str]
+
+
+# ------------------------------------------------------------------ the plug-in point
+
+
+class Tracker(ABC):
+    """Where runs are recorded.
+
+    Called by ``bpexp train``, ``bpexp lr-find`` and every sweep worker: first
+    :meth:`check` (before any training, so a bad URI fails fast), then per run
+    :meth:`start_run` → ``log_*``/:meth:`set_tags` → :meth:`end_run`. Every method
+    raises :class:`~bpexp.errors.ServiceError` when the backend cannot be reached.
+    Implementations must accept any number of metrics in one call and split them
+    as their backend needs.
+    """
+
+    #: where the runs go, for messages and for worker processes to reopen
+    uri: str | None = None
+    #: the experiment (run group) runs are created in
+    experiment: str = DEFAULT_EXPERIMENT
+
+    @abstractmethod
+    def check(self) -> None:
+        """Make sure the backend is reachable and the experiment exists.
+
+        Raises:
+            ServiceError: within a few seconds when the backend cannot be reached.
+        """
+
+    @abstractmethod
+    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
+        """Open a run (nested under ``parent_run_id`` if given). Returns its id."""
+
+    @abstractmethod
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Record params; a key logged twice must keep the same value."""
+
+    @abstractmethod
+    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
+        """Record ``(key, value, step)`` triples, in as few requests as the backend allows."""
+
+    @abstractmethod
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) tags."""
+
+    @abstractmethod
+    def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
+        """Copy every file under ``local_dir`` into the run's artifacts."""
+
+    @abstractmethod
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close a run as FINISHED, FAILED or KILLED."""
+
+    @abstractmethod
+    def reopen_run(self, run_id: str) -> None:
+        """Set a closed run back to RUNNING (a resumed sweep's parent)."""
+
+    @abstractmethod
+    def read_run(self, run_id: str) -> RunRecord | None:
+        """Everything recorded for a run, or None for a tracker that records nothing."""
+
+    def download_artifact(self, run_id: str, path: str, dst_dir: str | Path) -> Path | None:
+        """Fetch one artifact into ``dst_dir``. Returns its local path, or None if nothing is stored."""
+        return None
+
+    def worker_spec(self) -> dict[str, Any]:
+        """What a worker process needs to rebuild this tracker with :func:`make_tracker`."""
+        return {"uri": self.uri, "experiment": self.experiment, "enabled": self.uri is not None}
+
+
+class NoOpTracker(Tracker):
+    """Records nothing (``--no-track``); every run id is a fresh random string."""
+
+    uri = None
+
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT) -> None:
+        self.experiment = experiment
+
+    def check(self) -> None:
+        return None
+
+    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
+        return "noop-" + "".join(random.choices("0123456789abcdef", k=16))
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        return None
+
+    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
+        for _ in metrics:  # consume generators like a real tracker would
+            pass
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        return None
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
+        return None
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        _check_status(status)
+
+    def reopen_run(self, run_id: str) -> None:
+        return None
+
+    def read_run(self, run_id: str) -> RunRecord | None:
+        return None
+
+
+def _check_status(status: str) -> None:
+    if status not in RUN_STATUSES[1:]:
+        raise ValueError(f"end_run: status must be FINISHED, FAILED or KILLED; got {status!r}")
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite file here.
+
+    A relative ``sqlite:///file.db`` is made absolute, so that worker processes and
+    artifact paths agree on one file.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    elif "://" not in uri:
+        # a bare folder: MLflow's file store, kept for compatibility
+        uri = str(Path(uri).resolve())
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for other URIs."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _is_locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _with_retry(action: Callable[[], _T], what: str, budget: float = 60.0) -> _T:
+    """Run ``action``, retrying SQLite's "database is locked" with jittered backoff.
+
+    Several worker processes share one SQLite tracking file; SQLite lets one writer
+    at a time and answers a second one with SQLITE_BUSY (https://sqlite.org/rescode.html#busy).
+    A failed statement is rolled back, so retrying it is safe.
+    """
+    deadline = time.monotonic() + budget
+    delay = 0.05
+    while True:
+        try:
+            return action()
+        except Exception as exc:  # MLflow wraps SQLAlchemy's OperationalError in MlflowException
+            if not _is_locked(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+
+
+def probe_tracking_uri(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Fail fast when a tracking URI cannot be reached.
+
+    ``http(s)://``: GET ``/health``. Database URIs other than SQLite: open one
+    connection with a connect timeout. SQLite and file stores: the folder must be
+    creatable.
+
+    Raises:
+        ServiceError: naming the URI and the cause, within about ``timeout`` seconds.
+    """
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout) as response:  # noqa: S310 - user-given URI
+                if response.status != 200:
+                    raise ServiceError(f"tracking server {uri} answered {response.status} on /health")
+        except urllib.error.HTTPError as exc:
+            raise ServiceError(f"tracking server {uri} answered {exc.code} on /health") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServiceError(f"tracking server {uri} cannot be reached ({reason})") from None
+        return
+    if scheme.startswith(("postgresql", "mysql", "mssql")):
+        probe_database(uri, timeout, what="tracking store")
+        return
+    path = sqlite_path(uri) if scheme == "sqlite" else (Path(uri) if scheme == "file" else None)
+    if path is not None:
+        folder = path.parent if scheme == "sqlite" else path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceError(f"tracking store {uri}: cannot create {folder} ({exc.strerror or exc})") from None
+        if not os.access(folder, os.W_OK):
+            raise ServiceError(f"tracking store {uri}: {folder} is not writable")
+
+
+def probe_database(url: str, timeout: float = PROBE_TIMEOUT, what: str = "database") -> None:
+    """Open and close one connection to a SQLAlchemy database URL.
+
+    Raises:
+        ServiceError: when the server does not answer within ``timeout`` seconds or refuses.
+    """
+    import sqlalchemy
+
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args["connect_timeout"] = max(1, int(math.ceil(timeout)))
+    elif url.startswith("mysql"):
+        connect_args["connect_timeout"] = max(1, int(math.ceil(timeout)))
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+    except Exception as exc:  # bad URL, missing driver
+        raise ServiceError(f"{what} {_redact(url)}: {type(exc).__name__}: {exc}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceError(f"{what} {_redact(url)} cannot be reached ({first})") from None
+    finally:
+        engine.dispose()
+
+
+def _redact(url: str) -> str:
+    """A URL with its password replaced by ***."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _quiet_mlflow_logs() -> None:
+    # MLflow and alembic log schema migrations at INFO on first use; bpexp's stderr is for
+    # its own progress. BPEXP_DEBUG=1 keeps them.
+    if os.environ.get("BPEXP_DEBUG"):
+        return
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _limit_http_retries() -> None:
+    # MLflow retries a failed HTTP request 7 times with backoff factor 2 and waits 120 s
+    # per request (mlflow/environment_variables.py). A server that goes away mid-sweep
+    # should fail a run in seconds; users can still raise both through the environment.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+class MlflowTracker(Tracker):
+    """Runs in an MLflow tracking store, through :class:`mlflow.MlflowClient`.
+
+    Args:
+        uri: a tracking URI; see :func:`resolve_tracking_uri` for the default.
+        experiment: the experiment name, created on first use.
+    """
+
+    def __init__(self, uri: str | None = None, experiment: str | None = None) -> None:
+        self.uri = resolve_tracking_uri(uri)
+        self.experiment = experiment or DEFAULT_EXPERIMENT
+        self._client = None
+        self._experiment_id: str | None = None
+
+    # -- plumbing
+    @property
+    def client(self):
+        """The MlflowClient, created on first use."""
+        if self._client is None:
+            _quiet_mlflow_logs()
+            _limit_http_retries()
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _call(self, action: Callable[[], _T], what: str) -> _T:
+        try:
+            return _with_retry(action, what)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise ServiceError(f"tracking store {_redact(self.uri)}: {what} failed ({_first_line(exc)})") from None
+            raise
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment's id, creating the experiment if needed (safe against a concurrent creator)."""
+        if self._experiment_id is None:
+            self._experiment_id = self._call(self._ensure_experiment, f"creating experiment {self.experiment!r}")
+        return self._experiment_id
+
+    def _ensure_experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise ServiceError(
+                    f"MLflow experiment {self.experiment!r} is deleted; restore it (mlflow experiments restore) "
+                    "or choose another name with --experiment"
+                )
+            return found.experiment_id
+        artifact_location = None
+        db = sqlite_path(self.uri)
+        if db is not None:
+            # keep artifacts beside the database file, whatever the working directory
+            artifact_location = (db.parent / "mlruns" / _slug(self.experiment)).as_uri()
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                raise
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # -- the Tracker interface
+    def check(self) -> None:
+        probe_tracking_uri(self.uri)
+        try:
+            _ = self.experiment_id
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise ServiceError(f"tracking store {_redact(self.uri)}: {_first_line(exc)}") from None
+
+    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
+        all_tags = {TAG_VERSION: __version__, **{k: _tag_value(v) for k, v in (tags or {}).items()}}
+        if parent_run_id is not None:
+            all_tags[TAG_PARENT] = parent_run_id
+        experiment_id = self.experiment_id
+        run = self._call(
+            lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name), f"creating run {name!r}"
+        )
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
+            self._call(lambda chunk=chunk: self.client.log_batch(run_id, params=chunk, synchronous=True), "logging params")
+
+    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v) if v is not None else math.nan, now, int(step)) for k, v, step in metrics]
+        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+            self._call(lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk, synchronous=True), "logging metrics")
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), _tag_value(v)) for k, v in tags.items()]
+        for chunk in _chunks(items, MAX_TAGS_PER_BATCH):
+            self._call(lambda chunk=chunk: self.client.log_batch(run_id, tags=chunk, synchronous=True), "setting tags")
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
+        self._call(lambda: self.client.log_artifacts(run_id, str(local_dir)), "uploading artifacts")
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        _check_status(status)
+        self._call(lambda: self.client.set_terminated(run_id, status=status), f"ending run as {status}")
+
+    def reopen_run(self, run_id: str) -> None:
+        self._call(lambda: self.client.update_run(run_id, status="RUNNING"), "reopening run")
+
+    def read_run(self, run_id: str) -> RunRecord | None:
+        client = self.client
+        run = self._call(lambda: client.get_run(run_id), "reading run")
+        metrics: dict[str, list[tuple[int, float]]] = {}
+        for key in run.data.metrics:
+            history = self._call(lambda key=key: client.get_metric_history(run_id, key), "reading metrics")
+            metrics[key] = sorted((m.step, m.value) for m in history)
+        artifacts: list[str] = []
+        pending = [None]
+        while pending:
+            folder = pending.pop()
+            for info in self._call(lambda folder=folder: client.list_artifacts(run_id, folder), "listing artifacts"):
+                (pending if info.is_dir else artifacts).append(info.path)
+        return RunRecord(
+            run_id=run.info.run_id,
+            name=run.info.run_name,
+            status=run.info.status,
+            params=dict(run.data.params),
+            metrics=metrics,
+            tags=dict(run.data.tags),
+            artifacts=sorted(artifacts),
+        )
+
+    def download_artifact(self, run_id: str, path: str, dst_dir: str | Path) -> Path | None:
+        local = self._call(lambda: self.client.download_artifacts(run_id, path, str(dst_dir)), "downloading artifact")
+        return Path(local)
+
+    def run_status(self, run_id: str) -> str:
+        """The run's status (RUNNING, FINISHED, FAILED, KILLED)."""
+        return self._call(lambda: self.client.get_run(run_id), "reading run").info.status
+
+    def ui_url(self, run_id: str | None = None) -> str | None:
+        """A link to the run (or experiment) in the MLflow UI when the URI is a server."""
+        if not self.uri.startswith(("http://", "https://")):
+            return None
+        base = f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}"
+        return f"{base}/runs/{run_id}" if run_id else f"{base}/runs"
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(
+        word in text
+        for word in ("connection refused", "max retries exceeded", "could not connect", "connectionerror",
+                     "timed out", "name or service not known", "operationalerror")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _param_value(value: Any) -> str:
+    text = "None" if value is None else str(value)
+    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 1] + "…"
+
+
+def _tag_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        text = json.dumps(value)
+    else:
+        text = "" if value is None else str(value)
+    return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 1] + "…"
+
+
+def make_tracker(uri: str | None = None, experiment: str | None = None, *, enabled: bool = True) -> Tracker:
+    """The tracker for a command's flags: MLflow at ``uri`` (default: see :func:`resolve_tracking_uri`), or none.
+
+    Args:
+        uri: ``--tracking-uri``; ``None`` falls back to ``$MLFLOW_TRACKING_URI``, then ``sqlite:///mlflow.db``.
+        experiment: ``--experiment`` or the spec's ``experiment``; default ``bpexp``.
+        enabled: False for ``--no-track``.
+    """
+    if not enabled:
+        return NoOpTracker(experiment or DEFAULT_EXPERIMENT)
+    return MlflowTracker(uri, experiment)
+
+
+# ------------------------------------------------------------- results → run contents
+
+#: History series logged as per-epoch metrics (step = epoch, from 1)
+EPOCH_METRICS = (
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "weight_norm",
+    "update_norm",
+    "path_length",
+    "grad_norm",
+    "iterations",
+)
+
+
+def epoch_metrics(history: "History", start: int = 0) -> list[tuple[str, float, int]]:
+    """``(key, value, step)`` for epochs ``start``.. of a History (step = epoch number)."""
+    rows = []
+    for i in range(start, len(history.epoch)):
+        step = int(history.epoch[i])
+        for key in EPOCH_METRICS:
+            rows.append((key, float(getattr(history, key)[i]), step))
+    return rows
+
+
+class EpochLogger:
+    """Sends per-epoch metrics of a run in batches while it trains.
+
+    Call it as ``on_epoch(epoch, history)``; it buffers and sends when
+    ``flush_seconds`` have passed (so the UI shows a long run's progress) and on
+    :meth:`flush`. Never one request per value.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, flush_seconds: float = 15.0) -> None:
+        self.tracker = tracker
+        self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self._sent = 0
+        self._history: "History | None" = None
+        self._last = time.monotonic()
+
+    def __call__(self, epoch: int, history: "History") -> None:
+        self._history = history
+        if time.monotonic() - self._last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self, history: "History | None" = None) -> None:
+        """Send every epoch not yet sent."""
+        history = history if history is not None else self._history
+        if history is None:
+            return
+        rows = epoch_metrics(history, self._sent)
+        if rows:
+            self.tracker.log_metrics(self.run_id, rows)
+        self._sent = len(history.epoch)
+        self._last = time.monotonic()
+
+
+def findings_tags(findings: Sequence[Any]) -> dict[str, str]:
+    """Tags of a diagnosis: ``bpexp.diagnosis`` (comma-separated modes, or ``none``) and one per mode.
+
+    The per-mode tag ``bpexp.diagnosis.<mode>`` holds the finding's confidence.
+    """
+    modes = []
+    tags: dict[str, str] = {}
+    for finding in findings:
+        item = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
+        mode = str(item["mode"])
+        if mode not in modes:
+            modes.append(mode)
+            confidence = item.get("confidence")
+            tags[f"{TAG_DIAGNOSIS}.{mode}"] = "" if confidence is None else f"{confidence}"
+    tags[TAG_DIAGNOSIS] = ",".join(modes) if modes else "none"
+    return tags
+
+
+def diagnose_result(result: "TrainResult", lr_find: Any = None) -> list[Any]:
+    """The diagnosis of a run, or ``[]`` while bpexp.diagnose is not available."""
+    try:
+        from bpexp.diagnose import diagnose
+    except ImportError:
+        return []
+    return list(diagnose(result, lr_find=lr_find))
+
+
+def run_tags(result: "TrainResult", findings: Sequence[Any]) -> dict[str, str]:
+    """The tags of a finished training run: stop reason, diagnosis, dataset fingerprint, seed, version."""
+    return {
+        TAG_STOP_REASON: result.stop_reason,
+        TAG_FINGERPRINT: result.dataset.fingerprint(),
+        TAG_SEED: str(result.config.seed),
+        TAG_VERSION: __version__,
+        **findings_tags(findings),
+    }
+
+
+def config_params(config: Any) -> dict[str, Any]:
+    """The fully resolved config, flattened to dotted keys (the run's params)."""
+    return flatten(config.model_dump(mode="json"))
+
+
+def final_metrics(result: "TrainResult") -> list[tuple[str, float, int]]:
+    """``final.<key>`` metrics (after best-weight restore) plus ``epochs``, at step = epochs run."""
+    step = result.epochs
+    rows = [(f"final.{k}", float(v), step) for k, v in result.final.items() if v is not None]
+    rows.append(("epochs", float(result.epochs), step))
+    rows.extend((f"initial.{k}", float(v), 0) for k, v in result.history.initial.items())
+    return rows
+
+
+def save_weights(model: Any, path: str | Path) -> Path:
+    """Write a model's weights to ``.npz`` by parameter name, with no pickled objects.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    arrays = {name: np.asarray(w) for name, w in zip(model.param_names, model.get_weights())}
+    if any(a.dtype == object for a in arrays.values()):
+        raise ValueError("save_weights: object arrays would need pickle")
+    np.savez(path, **arrays)
+    return path
+
+
+def load_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """Read weights saved by :func:`save_weights`, refusing pickled content.
+
+    Returns:
+        Parameter name → array, in the model's parameter order.
+    """
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def draw_curves(history: "History", path: str | Path, title: str = "") -> Path:
+    """Save loss, accuracy and λ per epoch as one PNG (three panels).
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    arrays = history.arrays()
+    epochs = arrays["epoch"]
+    figure = Figure(figsize=(9, 2.8), dpi=80, layout="constrained")
+    loss_ax, acc_ax, lr_ax = figure.subplots(1, 3)
+    loss_ax.plot(epochs, arrays["train_loss"], label="train")
+    loss_ax.plot(epochs, arrays["val_loss"], label="val")
+    loss_ax.set(title="loss", xlabel="epoch", yscale="log" if np.all(arrays["train_loss"] > 0) else "linear")
+    loss_ax.legend(fontsize="small")
+    acc_ax.plot(epochs, arrays["train_accuracy"], label="train")
+    acc_ax.plot(epochs, arrays["val_accuracy"], label="val")
+    acc_ax.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    lr_ax.plot(epochs, arrays["lr"], color="tab:green")
+    lr_ax.set(title="λ (epoch start)", xlabel="epoch")
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    figure.savefig(path)
+    return Path(path)
+
+
+def write_run_artifacts(
+    folder: str | Path, history: "History", *, model: Any = None, findings: Sequence[Any] = (), curves: bool = True, title: str = ""
+) -> Path:
+    """Write a run's artifacts into ``folder``: history.json, curves.png, weights.npz, diagnosis.json.
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "history.json").write_text(json.dumps(history.to_dict(), allow_nan=False))
+    if findings:
+        items = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in findings]
+        (folder / "diagnosis.json").write_text(json.dumps(items, allow_nan=False, default=_json_default))
+    if curves and len(history.epoch):
+        draw_curves(history, folder / "curves.png", title)
+    if model is not None:
+        save_weights(model, folder / "weights.npz")
+    return folder
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def log_result(
+    tracker: Tracker,
+    run_id: str,
+    result: "TrainResult",
+    findings: Sequence[Any] = (),
+    *,
+    log_params: bool = True,
+    curves: bool = True,
+    logger: EpochLogger | None = None,
+) -> None:
+    """Record a finished training run: params, per-epoch and final metrics, tags, artifacts.
+
+    ``logger`` (the run's :class:`EpochLogger`, if it sent epochs during training)
+    avoids sending those epochs twice.
+    """
+    if log_params:
+        tracker.log_params(run_id, config_params(result.config))
+    if logger is not None:
+        logger.flush(result.history)
+        rows = []
+    else:
+        rows = epoch_metrics(result.history)
+    tracker.log_metrics(run_id, rows + final_metrics(result))
+    tracker.set_tags(run_id, run_tags(result, findings))
+    if tracker.uri is None:
+        return  # nothing stores artifacts: skip drawing them
+    with tempfile.TemporaryDirectory(prefix="bpexp-artifacts-") as tmp:
+        write_run_artifacts(tmp, result.history, model=result.model, findings=findings, curves=curves, title=result.config.name)
+        tracker.log_artifacts(run_id, tmp)
+
+
+@contextmanager
+def open_run(
+    tracker: Tracker, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[str]:
+    """Open a run for the body of a ``with`` block and close it by how the block ends.
+
+    FINISHED on a normal exit, KILLED on Ctrl-C (and on ``optuna.TrialPruned``,
+    matched by name so this module needs no optuna), FAILED with the error as the
+    ``bpexp.error`` tag on any other exception, which is re-raised.
+
+    Yields:
+        The run id.
+    """
+    run_id = tracker.start_run(name, parent_run_id=parent_run_id, tags=tags)
+    try:
+        yield run_id
+    except BaseException as exc:
+        _end_failed(tracker, run_id, exc)
+        raise
+    tracker.end_run(run_id, "FINISHED")
+
+
+def track_train(
+    tracker: Tracker,
+    result: "TrainResult",
+    findings: Sequence[Any] = (),
+    *,
+    name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
+    """Record one finished training run from start to end. Returns its run id."""
+    with open_run(tracker, name or result.config.name, parent_run_id=parent_run_id, tags={TAG_KIND: "train", **(tags or {})}) as run_id:
+        log_result(tracker, run_id, result, findings)
+    return run_id
+
+
+def _end_failed(tracker: Tracker, run_id: str, exc: BaseException) -> None:
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TrialPruned" else "FAILED"
+    try:
+        if status == "FAILED":
+            tracker.set_tags(run_id, {TAG_ERROR: f"{type(exc).__name__}: {exc}"})
+        tracker.end_run(run_id, status)
+    except Exception:  # the backend itself is what failed: keep the first error
+        pass
+
+
+def log_lr_find(
+    tracker: Tracker,
+    result: Any,
+    config: Any,
+    *,
+    parent_run_id: str | None = None,
+    name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
+    """Record a range test (``bpexp lr-find`` or a sweep's ``lr: auto``) as its own run.
+
+    Params: the config, flattened; metrics ``lr_find.loss``/``lr_find.accuracy``/
+    ``lr_find.lr`` per step when the result carries them; tags and params for each
+    suggestion (``suggestion.<name>`` = λ, tag ``bpexp.suggestion.<name>`` = reason);
+    the full result as ``lr_find.json``.
+
+    Returns:
+        The run id.
+    """
+    payload = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    run_name = name or f"{config.name}-lr-find"
+    with open_run(tracker, run_name, parent_run_id=parent_run_id, tags={TAG_KIND: "lr_find", **(tags or {})}) as run_id:
+        params = config_params(config)
+        suggestions = getattr(result, "suggestions", None) or {}
+        tag_values: dict[str, Any] = {TAG_SEED: str(config.seed), TAG_VERSION: __version__}
+        for key, suggestion in suggestions.items():
+            lr = getattr(suggestion, "lr", None)
+            if lr is not None:
+                params[f"suggestion.{key}"] = lr
+            reason = getattr(suggestion, "reason", None)
+            if reason:
+                tag_values[f"bpexp.suggestion.{key}"] = reason
+        tracker.log_params(run_id, params)
+        rows = []
+        for series in ("lrs", "losses", "accuracies", "smoothed_losses"):
+            values = payload.get(series) if isinstance(payload, dict) else None
+            if isinstance(values, list):
+                rows.extend((f"lr_find.{series}", float(v) if v is not None else math.nan, i) for i, v in enumerate(values))
+        if rows:
+            tracker.log_metrics(run_id, rows)
+        tracker.set_tags(run_id, tag_values)
+        if tracker.uri is not None:
+            with tempfile.TemporaryDirectory(prefix="bpexp-lrfind-") as tmp:
+                Path(tmp, "lr_find.json").write_text(json.dumps(payload, default=_json_default))
+                tracker.log_artifacts(run_id, tmp)
+    return run_id
