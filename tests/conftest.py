@@ -37,3 +37,124 @@ def make_config():
 def rng():
     """A seeded numpy Generator."""
     return np.random.default_rng(12345)
+
+
+# ------------------------------------------------------------------ tracking and storage services
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template_db(tmp_path_factory):
+    # MLflow migrates a new SQLite database in 1-3 s; do it once and copy the file per test.
+    import logging
+
+    from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_sqlite_uri(tmp_path, _mlflow_template_db):
+    """A fresh, already migrated MLflow SQLite tracking URI in the test's tmp folder (artifacts beside it)."""
+    import shutil
+
+    shutil.copyfile(_mlflow_template_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture(scope="session")
+def pg_databases():
+    """A factory of fresh PostgreSQL databases on 127.0.0.1:5432 (trust auth, user postgres).
+
+    ``pg_databases("optuna")`` returns a ``postgresql+psycopg://`` URL of a new empty
+    database ``bpexp_test_<random>_optuna``; every database made is dropped at the end
+    of the session. Skips when no server answers there.
+    """
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc})")
+    token = uuid.uuid4().hex[:8]
+    made: list[str] = []
+
+    def make(suffix: str = "db") -> str:
+        name = f"bpexp_test_{token}_{suffix}_{len(made)}"
+        admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return f"{PG_SERVER}/{name}"
+
+    yield make
+    for name in made:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 and a free port; yields its http:// URI.
+
+    Backed by a SQLite file and an artifact folder in a session tmp folder; waited for
+    through /health (up to 90 s on a fresh database) and terminated at the end.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("mlflow server did not answer /health within 90 s")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        import signal
+
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()

@@ -9,12 +9,22 @@ import click
 
 from bpexp.cli.options import config_from_options, spec_options
 from bpexp.cli.progress import DelayedProgress
+from bpexp.cli.tracking_options import tracker_from_options, tracking_options
 
 
 @click.command("train")
 @spec_options
+@tracking_options
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
-def train_command(spec: str | None, sets: tuple[str, ...], as_json: bool, **flags) -> None:
+def train_command(
+    spec: str | None,
+    sets: tuple[str, ...],
+    as_json: bool,
+    tracking_uri: str | None,
+    experiment: str | None,
+    no_track: bool,
+    **flags,
+) -> None:
     """Train one model by backpropagation and say how it went.
 
     The spec (YAML) holds data, model, optim, schedule and train sections; every
@@ -29,14 +39,25 @@ def train_command(spec: str | None, sets: tuple[str, ...], as_json: bool, **flag
     """
     from bpexp.train import train
 
+    from bpexp.tracking import TAG_KIND, EpochLogger, diagnose_result, log_result, open_run
+
     config = config_from_options(spec, sets, flags)
-    with DelayedProgress(f"train {config.name}", config.train.max_epochs) as progress:
+    tracker = tracker_from_options(tracking_uri, experiment, no_track, config)  # fails fast, before training
+    with open_run(tracker, config.name, tags={TAG_KIND: "train"}) as run_id:
+        logger = EpochLogger(tracker, run_id)
+        with DelayedProgress(f"train {config.name}", config.train.max_epochs) as progress:
 
-        def on_epoch(epoch, history):
-            progress.update(epoch, f"loss {history.train_loss[-1]:.4g}  val acc {history.val_accuracy[-1]:.3f}")
+            def on_epoch(epoch, history):
+                progress.update(epoch, f"loss {history.train_loss[-1]:.4g}  val acc {history.val_accuracy[-1]:.3f}")
+                logger(epoch, history)
 
-        result = train(config, on_epoch=on_epoch)
+            result = train(config, on_epoch=on_epoch)
+        findings = diagnose_result(result)
+        log_result(tracker, run_id, result, findings, logger=logger)
     payload = result.to_json()
+    payload["run_id"] = run_id if tracker.uri is not None else None
+    if findings and not payload.get("diagnosis"):
+        payload["diagnosis"] = [f.to_dict() for f in findings]
     if as_json:
         click.echo(json.dumps(payload, allow_nan=False))
         return
