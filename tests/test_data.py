@@ -394,6 +394,16 @@ def test_idx_truncated_gzip_stream(tmp_path):
         load_idx(path)
 
 
+@pytest.mark.parametrize("position", [12, 20, 60])
+def test_idx_corrupt_gzip_stream(tmp_path, position):
+    path = tmp_path / "c-idx.gz"
+    data = bytearray(gzip.compress(idx_bytes(np.arange(2000, dtype=np.int32).astype(np.uint8).reshape(50, 40)), mtime=0))
+    data[position] ^= 0xFF  # a flipped byte in the header, the deflate stream or the body
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="c-idx.gz: cannot read"):
+        load_idx(path)
+
+
 def test_idx_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_idx(tmp_path / "nope-idx.gz")
