@@ -205,7 +205,7 @@ def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, li
     import csv
 
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: drop a spreadsheet's BOM
             rows = list(csv.reader(handle))
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
@@ -213,20 +213,24 @@ def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, li
         raise DataError(f"{path}: cannot read ({exc})") from None
     if not rows:
         raise DataError(f"{path}: empty file")
-    header, body = rows[0], [r for r in rows[1:] if r]
+    header = rows[0]
+    body = [(line_no, r) for line_no, r in enumerate(rows[1:], start=2) if r]  # blank lines skipped, numbers kept
     if label_column not in header:
         raise DataError(f"{path}: no label column {label_column!r} (columns: {', '.join(header)})")
     label_index = header.index(label_column)
     features = [name for i, name in enumerate(header) if i != label_index]
     X = np.empty((len(body), len(features)))
     labels = []
-    for line_no, row in enumerate(body, start=2):
+    for k, (line_no, row) in enumerate(body):
         if len(row) != len(header):
             raise DataError(f"{path}:{line_no}: {len(row)} fields, header has {len(header)}")
-        labels.append(row[label_index].strip())
+        label = row[label_index].strip()
+        if not label:
+            raise DataError(f"{path}:{line_no}: empty label in column {label_column!r}")
+        labels.append(label)
         values = [v for i, v in enumerate(row) if i != label_index]
         try:
-            X[line_no - 2] = [float(v) for v in values]
+            X[k] = [float(v) for v in values]
         except ValueError:
             raise DataError(f"{path}:{line_no}: a feature is not a number") from None
     return X, _encode_csv_labels(path, labels), features

@@ -295,6 +295,14 @@ def test_csv_named_label_column(tmp_path):
         assert ["setosa", "virginica"][label] == by_row[(f"{x[0]:.3f}", f"{x[1]:.3f}")]
 
 
+def test_csv_with_a_byte_order_mark_and_blank_lines(tmp_path):
+    path = tmp_path / "excel.csv"
+    body = "\n".join(f"{i % 2},{i}.5" for i in range(20))
+    path.write_bytes(("label,x\n" + body + "\n\n").encode("utf-8-sig"))
+    ds = load_dataset(DataConfig(path=str(path), test_fraction=0.0), 0)
+    assert len(ds.train) + len(ds.val) == 20 and ds.feature_names == ["x"]
+
+
 def test_csv_integer_labels_keep_their_values(tmp_path):
     rows = [[i % 3, i * 0.5] for i in range(30)]
     path = write_csv(tmp_path / "int.csv", ["label", "x"], rows)
@@ -311,6 +319,8 @@ def test_csv_integer_labels_keep_their_values(tmp_path):
         (["label", "b"], [[0, 1], [1]], ":3: 1 fields, header has 2"),
         (["label", "b"], [[0, 1], [1.5, 2], [1, 3]], "labels must be integers"),
         (["label", "b"], [[0, 1], [1, "nan"], [1, 3]], "NaN or inf"),
+        (["label", "b"], [[0, 1], ["", 2], [1, 3]], ":3: empty label in column 'label'"),
+        (["label", "b"], [[0, 1], [], [1, "x"]], ":4: a feature is not a number"),  # blank lines keep the count
     ],
 )
 def test_csv_errors(tmp_path, header, rows, pattern):
