@@ -272,3 +272,19 @@ def test_evaluate_reports_nan_loss_for_non_finite_weights(rng):
         loss, acc = model.evaluate(X, y)
     assert np.isnan(loss)
     assert 0.0 <= acc <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["perceptron", "mlp"])
+def test_evaluate_in_chunks_equals_one_pass(kind, rng):
+    model = build_model(ModelConfig(kind=kind, hidden=[6], init="small_random", init_scale=0.5, dtype="float64"), 4, 3, seed=0)
+    randomise(model, rng)
+    X, y = make_batch(rng, 23, 4, 3)
+    loss, acc = model.evaluate(X, y)
+    chunked_loss, chunked_acc = model.evaluate(X, y, chunk=5)
+    assert chunked_loss == pytest.approx(loss, rel=1e-12)
+    assert chunked_acc == acc
+    logits = X @ model.A.T if kind == "perceptron" else None
+    if logits is not None:
+        np.testing.assert_array_equal(model.predict(X), logits.argmax(axis=1))
+    assert acc == np.mean(model.predict(X) == y)
+    assert model.objective(X, y) == pytest.approx(loss + model.l2_penalty(), rel=1e-12)
