@@ -16,14 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpexp.config import DataConfig
-from bpexp.data import batches, check_arrays, epoch_order, load_dataset, load_idx, load_idx_folder
+from bpexp.data import Dataset, batches, check_arrays, epoch_order, load_dataset, load_idx, load_idx_folder
 from bpexp.errors import DataError
 
 # The class counts of the MNIST test set (t10k), as published with the dataset.
 MNIST_T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def load(seed: int = 0, dtype: str = "float64", **data) -> "Dataset":  # noqa: F821
+def load(seed: int = 0, dtype: str = "float64", **data) -> Dataset:
     return load_dataset(DataConfig(**data), seed, dtype=dtype)
 
 

@@ -242,7 +242,7 @@ def test_stop_rule_diverged_is_a_result(iris64):
     json.dumps(result.to_json(), allow_nan=False)
 
 
-def test_diverged_with_non_finite_weights_maps_nan_to_none(iris64):
+def test_diverged_with_non_finite_weights_maps_nan_to_none():
     result = train(config_from_dict(small("perceptron", "full", optim={"lr": 1e300}, model={"dtype": "float32"})))
     assert result.stop_reason == "diverged"
     payload = json.loads(json.dumps(result.to_json(), allow_nan=False))
