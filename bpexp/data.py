@@ -356,6 +356,8 @@ def load_dataset(cfg: DataConfig, seed: int, dtype: str = "float32") -> Dataset:
         train, val, test = _split_three(*check_arrays(X, y, name), cfg, rng)
 
     n_classes = int(max(train[1].max(), val[1].max(), test[1].max() if test is not None else 0)) + 1
+    if n_classes < 2:
+        raise DataError(f"{name}: every label is 0; a classifier needs at least two classes")
     train = _manipulate(train, cfg, n_classes, rng, notes)
     counts = np.bincount(train[1], minlength=n_classes)
     if (counts == 0).any():
