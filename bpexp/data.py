@@ -358,16 +358,26 @@ def load_dataset(cfg: DataConfig, seed: int, dtype: str = "float32") -> Dataset:
     n_classes = int(max(train[1].max(), val[1].max(), test[1].max() if test is not None else 0)) + 1
     if n_classes < 2:
         raise DataError(f"{name}: every label is 0; a classifier needs at least two classes")
+    _check_classes(name, train[1], n_classes)  # before the manipulations, which loop over the classes
     train = _manipulate(train, cfg, n_classes, rng, notes)
-    counts = np.bincount(train[1], minlength=n_classes)
-    if (counts == 0).any():
-        missing = np.flatnonzero(counts == 0).tolist()
-        raise DataError(f"{name}: class {missing[0]} has no training sample (classes without samples: {missing})")
+    _check_classes(name, train[1], n_classes)  # label noise may empty a small class
 
     mean, scale = _standardiser(train[0], cfg.standardize)
     splits = [_finish(X_, y_, mean, scale, dtype) for X_, y_ in (train, val)]
     test_split = _finish(*test, mean, scale, dtype) if test is not None else None
     return Dataset(name, splits[0], splits[1], test_split, n_classes, feature_names, notes)
+
+
+def _check_classes(name: str, y: np.ndarray, n_classes: int) -> None:
+    present = np.unique(y)
+    if len(present) == n_classes:
+        return
+    # the smallest missing class is at most len(present) (pigeonhole), so a huge label allocates nothing
+    missing = np.setdiff1d(np.arange(min(n_classes, len(present) + 1)), present)
+    raise DataError(
+        f"{name}: class {int(missing[0])} has no training sample "
+        f"({n_classes - len(present)} of the classes 0..{n_classes - 1} have none)"
+    )
 
 
 def _check_widths(path: Path, *pairs: tuple[np.ndarray, np.ndarray] | None) -> None:

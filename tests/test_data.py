@@ -253,6 +253,8 @@ def test_npz_keeps_its_own_splits(tmp_path):
         ({"y_train": np.where(np.arange(30) % 3 == 1, 0, np.arange(30) % 3)}, "class 1 has no training sample"),
         ({"X_val": np.zeros((15, 4))}, "different numbers of features"),
         ({"y_train": np.zeros(30, int), "y_val": np.zeros(15, int), "y_test": np.zeros(15, int)}, "at least two classes"),
+        # a label far past the others: one short line, no allocation per class
+        ({"y_val": np.r_[np.arange(14) % 3, 2**40]}, r"class 3 has no training sample \(1099511627774 of the classes"),
     ],
 )
 def test_npz_errors_name_the_file_and_problem(tmp_path, overrides, pattern):
