@@ -102,6 +102,8 @@ class ModelConfig(StrictModel):
     def _check_init(self) -> "ModelConfig":
         if self.kind == "mlp" and self.init == "zeros":
             raise ValueError("model.init 'zeros' leaves every hidden unit identical in an MLP; use 'he' or 'small_random'")
+        if self.kind == "perceptron" and self.init == "he":
+            raise ValueError("model.init 'he' is for ReLU layers; the perceptron takes 'zeros' or 'small_random'")
         if self.kind == "mlp" and not self.hidden:
             raise ValueError("model.hidden must name at least one layer width for an MLP (use kind 'perceptron' for none); got []")
         return self

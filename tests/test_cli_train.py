@@ -127,6 +127,7 @@ CASES = {
     ),
     "bad_set": (lambda d: ["--set", "optim.lr"], ["--set takes KEY=VALUE"]),
     "bad_hidden": (lambda d: ["--model", "mlp", "--hidden", "64,x"], ["--hidden", "'64,x'"]),
+    "he_init_perceptron": (lambda d: ["--init", "he"], ["model.init 'he'", "perceptron"]),
     "empty_hidden": (lambda d: ["--model", "mlp", "--hidden", ""], ["model.hidden", "at least one layer"]),
     "bad_batch_size": (lambda d: ["--batch-size", "half"], ["--batch-size", "'half'"]),
 }

@@ -101,6 +101,7 @@ def test_value_out_of_range_names_field_range_and_value(raw, field, bound, value
         ({"schedule": {"name": "nope"}}, r"schedule.name must be one of.*got 'nope'"),
         ({"model": {"kind": "mlp", "init": "zeros"}}, r"model.init 'zeros'"),
         ({"model": {"kind": "mlp", "hidden": []}}, r"model.hidden must name at least one layer width"),
+        ({"model": {"kind": "perceptron", "init": "he"}}, r"model.init 'he' is for ReLU layers"),
         ({"data": {"val_fraction": 0.6, "test_fraction": 0.5}}, r"val_fraction \+ data.test_fraction must be < 1"),
         ({"data": {"name": "nope"}}, r"data.name must be one of digits.*got 'nope'"),
         ({"schedule": {"name": "triangular", "base_lr": 2, "max_lr": 1}}, r"base_lr must be <"),
