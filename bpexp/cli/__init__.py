@@ -65,6 +65,10 @@ def _register() -> None:
 
     cli.add_command(train_cmd.train_command)
 
+    from bpexp.cli import lrfind_cmd
+
+    cli.add_command(lrfind_cmd.lrfind_command)
+
 
 _register()
 
