@@ -152,6 +152,11 @@ class Tracker(ABC):
         """Fetch one artifact into ``dst_dir``. Returns its local path, or None if nothing is stored."""
         return None
 
+    def run_status(self, run_id: str) -> str | None:
+        """The run's status (RUNNING, FINISHED, FAILED, KILLED), or None if nothing is stored."""
+        record = self.read_run(run_id)
+        return record.status if record is not None else None
+
     def worker_spec(self) -> dict[str, Any]:
         """What a worker process needs to rebuild this tracker with :func:`make_tracker`."""
         return {"uri": self.uri, "experiment": self.experiment, "enabled": self.uri is not None}
@@ -826,6 +831,48 @@ def _end_failed(tracker: Tracker, run_id: str, exc: BaseException) -> None:
         pass
 
 
+#: range-test series (LRFindResult.to_dict keys) → metric keys, logged with step = iteration
+LR_FIND_SERIES = {
+    "lrs": "lr_find.lr",
+    "losses": "lr_find.loss",
+    "smoothed": "lr_find.smoothed_loss",
+    "accuracies": "lr_find.accuracy",
+}
+
+
+def draw_lr_find(payload: Mapping[str, Any], path: str | Path) -> Path:
+    """Save the range test's smoothed loss and accuracy against λ (log axis) as a PNG.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    def column(key: str) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in payload.get(key) or []], dtype=np.float64)
+
+    lrs, smoothed, accs = column("lrs"), column("smoothed"), column("accuracies")
+    figure = Figure(figsize=(6, 3), dpi=80, layout="constrained")
+    loss_ax = figure.subplots()
+    loss_ax.plot(lrs, smoothed[: len(lrs)], color="tab:blue")
+    loss_ax.set(xscale="log", xlabel="λ", ylabel="smoothed loss")
+    if len(accs) == len(lrs) and np.isfinite(accs).any():
+        acc_ax = loss_ax.twinx()
+        seen = np.isfinite(accs)
+        acc_ax.plot(lrs[seen], accs[seen], color="tab:orange")
+        acc_ax.set(ylabel="val accuracy", ylim=(0, 1.02))
+    for name, item in (payload.get("suggestions") or {}).items():
+        lr = item.get("lr") if isinstance(item, Mapping) else None
+        if name in ("base_lr", "max_lr") and lr:
+            loss_ax.axvline(lr, color="grey", linestyle="--", linewidth=1)
+            loss_ax.annotate(name, (lr, 0.98), xycoords=("data", "axes fraction"), fontsize="small", rotation=90, va="top")
+    figure.savefig(path)
+    return Path(path)
+
+
 def log_lr_find(
     tracker: Tracker,
     result: Any,
@@ -860,15 +907,18 @@ def log_lr_find(
                 tag_values[f"bpexp.suggestion.{key}"] = reason
         tracker.log_params(run_id, params)
         rows = []
-        for series in ("lrs", "losses", "accuracies", "smoothed_losses"):
+        for series, key in LR_FIND_SERIES.items():
             values = payload.get(series) if isinstance(payload, dict) else None
             if isinstance(values, list):
-                rows.extend((f"lr_find.{series}", float(v) if v is not None else math.nan, i) for i, v in enumerate(values))
+                # accuracies are measured every few steps only: the gaps (None) are not sent
+                rows.extend((key, float(v), step) for step, v in enumerate(values) if v is not None)
         if rows:
             tracker.log_metrics(run_id, rows)
         tracker.set_tags(run_id, tag_values)
         if tracker.uri is not None:
             with tempfile.TemporaryDirectory(prefix="bpexp-lrfind-") as tmp:
                 Path(tmp, "lr_find.json").write_text(json.dumps(payload, default=_json_default))
+                if payload.get("lrs"):
+                    draw_lr_find(payload, Path(tmp) / "lr_find.png")
                 tracker.log_artifacts(run_id, tmp)
     return run_id

@@ -1,0 +1,466 @@
+"""A sweep worker: claim a trial, train it, record it, tell the study; until n_trials are done.
+
+Every worker, in this process or another (``python -m bpexp.sweep.worker JOB.json``,
+started by ``bpexp sweep --workers N``) or on another machine (``bpexp sweep``
+against the same ``--storage``), runs :func:`run_worker`. Workers share nothing but
+the study storage and the tracking store.
+
+Each trial is one nested MLflow run under the sweep's parent run:
+
+- COMPLETE → run FINISHED, with its diagnosis (a diverged trial too: it is a result);
+- PRUNED → run KILLED, with the epochs it ran;
+- raised → run FAILED, with the error as the ``bpexp.error`` tag;
+- worker killed → the trial is failed by the next worker (process gone on this
+  host, or heartbeat stale on an RDB storage), its run FAILED, and it is queued again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from bpexp.sweep.search import (
+    grid_size,
+    intermediate_value,
+    make_pruner,
+    make_sampler,
+    objective_value,
+    suggest_params,
+    trial_config,
+)
+from bpexp.sweep.spec import SweepSpec, sweep_spec_from_dict
+from bpexp.sweep.storage import exclusive, open_storage
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from bpexp.tracking import Tracker
+
+# Study and trial attribute names (read back by the sweep summary and the report).
+ATTR_RUN_ID = "bpexp.run_id"
+ATTR_WORKER = "bpexp.worker"
+ATTR_ERROR = "bpexp.error"
+ATTR_STOP_REASON = "bpexp.stop_reason"
+ATTR_EPOCHS = "bpexp.epochs"
+ATTR_DIAGNOSIS = "bpexp.diagnosis"
+ATTR_FINAL = "bpexp.final"
+ATTR_CONFIG = "bpexp.config"
+TAG_STUDY = "optuna.study_name"
+TAG_TRIAL = "optuna.trial_number"
+
+
+@dataclass
+class WorkerJob:
+    """What a worker needs, as plain JSON values (written to a file for a worker process)."""
+
+    spec: dict[str, Any]
+    source: str
+    storage: str
+    study_name: str
+    tracking: dict[str, Any]
+    parent_run_id: str | None
+    auto: dict[str, float | None] | None
+    n_trials: int
+    worker_index: int = 0
+    seed_offset: int = 0
+
+    def to_json(self) -> str:
+        """The job as a JSON document."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerJob":
+        """Read a job written by :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+
+@dataclass
+class WorkerStats:
+    """What one worker did."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    trials: list[int] = field(default_factory=list)
+
+
+def identity() -> dict[str, Any]:
+    """This process, as recorded on the trials it runs: host, pid and the pid's start time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid())}
+
+
+def _start_time(pid: int) -> int | None:
+    # field 22 of /proc/<pid>/stat: the process's start time in clock ticks since boot;
+    # it tells a dead worker's pid apart from a new process that reuses it (proc(5))
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def process_alive(worker: dict[str, Any]) -> bool:
+    """True while the process a trial's ``bpexp.worker`` attribute names still runs (on this host)."""
+    pid = int(worker.get("pid", -1))
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = worker.get("started")
+    return started is None or _start_time(pid) in (None, started)
+
+
+def done_count(study: "optuna.Study") -> tuple[int, int]:
+    """(finished trials — COMPLETE + PRUNED, running trials)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+def reap_dead_trials(study: "optuna.Study", tracker: "Tracker | None" = None) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone, close their runs, and queue them again.
+
+    A trial is gone when its worker process on this host has ended, or (RDB storage
+    with heartbeats) when its heartbeat is older than the grace period. Its MLflow
+    run ends FAILED with the reason as ``bpexp.error``, and
+    :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` enqueues its params.
+
+    Returns:
+        The numbers of the trials failed here.
+    """
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    storage = study._storage  # Study exposes no public storage handle
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(ATTR_WORKER)
+        if not worker or worker.get("host") != host or process_alive(worker):
+            continue
+        storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, f"worker process {worker.get('pid')} ended during the trial")
+        try:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        retry(study, storage.get_trial(trial._trial_id))
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
+    if tracker is not None:
+        close_orphan_runs(tracker, failed)
+    return [t.number for t in failed]
+
+
+def close_orphan_runs(tracker: "Tracker", trials: list["optuna.trial.FrozenTrial"]) -> None:
+    """End as FAILED the MLflow runs of failed trials that are still RUNNING (their worker died)."""
+    for trial in trials:
+        run_id = trial.user_attrs.get(ATTR_RUN_ID)
+        if not run_id or tracker.uri is None:
+            continue
+        try:
+            record_status = tracker.run_status(run_id)
+        except Exception:  # a run of another tracking store, or deleted: nothing to close here
+            continue
+        if record_status == "RUNNING":
+            reason = trial.user_attrs.get(ATTR_ERROR) or "worker stopped sending heartbeats during the trial"
+            tracker.set_tags(run_id, {"bpexp.error": reason})
+            tracker.end_run(run_id, "FAILED")
+
+
+class _Heartbeat:
+    """Records an RDB trial's heartbeat every interval in a thread (what Study.optimize does for its trials)."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        self._storage = storage
+        self._trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread = None
+        if is_heartbeat_enabled(storage):
+            self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        interval = self._storage.get_heartbeat_interval()
+        while True:
+            self._storage.record_heartbeat(self._trial_id)
+            if self._stop.wait(interval):
+                return
+
+    def __enter__(self) -> "_Heartbeat":
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+
+class DatasetCache:
+    """Datasets by (data section, seed, dtype): a worker loads each dataset once, not once per trial."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def get(self, config: Any) -> Any:
+        from bpexp.data import load_dataset
+
+        key = json.dumps([config.data.model_dump(mode="json"), config.seed, config.model.dtype], sort_keys=True)
+        if key not in self._cache:
+            self._cache[key] = load_dataset(config.data, config.seed, dtype=config.model.dtype)
+        return self._cache[key]
+
+
+def run_trial(
+    study: "optuna.Study",
+    trial: "optuna.Trial",
+    spec: SweepSpec,
+    tracker: "Tracker",
+    *,
+    parent_run_id: str | None,
+    auto: dict[str, float | None] | None,
+    datasets: DatasetCache,
+) -> str:
+    """Run one claimed trial from params to ``study.tell``. Returns the trial's final state name.
+
+    Raises:
+        KeyboardInterrupt: after telling the trial FAIL and ending its run KILLED.
+    """
+    import optuna
+
+    from bpexp.tracking import TAG_ERROR, TAG_KIND, EpochLogger, diagnose_result, log_result, write_run_artifacts
+    from bpexp.train import train
+
+    section = spec.sweep
+    number = trial.number
+    run_id = tracker.start_run(
+        f"{spec.study_name}-trial-{number}",
+        parent_run_id=parent_run_id,
+        tags={TAG_KIND: "trial", TAG_STUDY: spec.study_name, TAG_TRIAL: str(number)},
+    )
+    if tracker.uri is not None:
+        trial.set_user_attr(ATTR_RUN_ID, run_id)
+    history_box: dict[str, Any] = {}
+    logger = EpochLogger(tracker, run_id)
+    prune = not section.multi_objective and section.pruner.name != "none"
+    objective = section.objective[0]
+
+    def on_epoch(epoch: int, history: Any) -> None:
+        history_box["history"] = history
+        logger(epoch, history)
+        if prune:
+            trial.report(intermediate_value(objective, history, section.target_accuracy), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    try:
+        params = suggest_params(trial, spec, auto)
+        config = trial_config(spec, params, number)
+        from bpexp.tracking import config_params
+
+        tracker.log_params(run_id, {**config_params(config), "trial_number": number})
+        trial.set_user_attr(ATTR_CONFIG, config.model_dump(mode="json"))
+        dataset = datasets.get(config)
+        with _Heartbeat(study._storage, trial._trial_id):
+            result = train(config, dataset, on_epoch=on_epoch)
+        findings = diagnose_result(result)
+        log_result(tracker, run_id, result, findings, log_params=False, logger=logger)
+        values = [objective_value(name, result, section.target_accuracy) for name in section.objective]
+        tracker.log_metrics(run_id, [(f"objective.{name}", v, result.epochs) for name, v in zip(section.objective, values) if math.isfinite(v)])
+        diagnosis = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in findings]
+        trial.set_user_attr(ATTR_STOP_REASON, result.stop_reason)
+        trial.set_user_attr(ATTR_EPOCHS, result.epochs)
+        trial.set_user_attr(ATTR_DIAGNOSIS, _json_safe(diagnosis))
+        trial.set_user_attr(ATTR_FINAL, {k: (v if v is not None and math.isfinite(v) else None) for k, v in result.final.items()})
+        tracker.end_run(run_id, "FINISHED")
+        study.tell(trial, values if section.multi_objective else values[0])
+        return "COMPLETE"
+    except optuna.TrialPruned:
+        history = history_box.get("history")
+        epochs = len(history.epoch) if history is not None else 0
+        logger.flush(history)
+        tracker.set_tags(run_id, {"bpexp.stop_reason": "pruned", "bpexp.pruned_at_epoch": epochs})
+        if history is not None and tracker.uri is not None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="bpexp-pruned-") as tmp:
+                write_run_artifacts(tmp, history, curves=False)
+                tracker.log_artifacts(run_id, tmp)
+        trial.set_user_attr(ATTR_STOP_REASON, "pruned")
+        trial.set_user_attr(ATTR_EPOCHS, epochs)
+        tracker.end_run(run_id, "KILLED")
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return "PRUNED"
+    except (KeyboardInterrupt, SystemExit):
+        _fail(study, trial, tracker, run_id, "interrupted", status="KILLED")
+        raise
+    except Exception as exc:  # the trial raised: record it, keep sweeping
+        message = f"{type(exc).__name__}: {exc}"
+        tracker_tags = {TAG_ERROR: message}
+        try:
+            tracker.set_tags(run_id, tracker_tags)
+        except Exception:
+            pass
+        _fail(study, trial, tracker, run_id, message, status="FAILED")
+        return "FAIL"
+
+
+def _fail(study: Any, trial: Any, tracker: Any, run_id: str, message: str, *, status: str) -> None:
+    import optuna
+
+    try:
+        trial.set_user_attr(ATTR_ERROR, message[:2000])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except Exception:
+        pass
+    try:
+        tracker.end_run(run_id, status)
+    except Exception:
+        pass
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def quiet_optuna() -> None:
+    """Keep Optuna's per-trial INFO lines and experimental warnings off stderr (the sweep shows its own progress)."""
+    import optuna
+
+    if not os.environ.get("BPEXP_DEBUG"):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def run_worker(
+    job: WorkerJob,
+    *,
+    spec: SweepSpec | None = None,
+    tracker: "Tracker | None" = None,
+    on_trial: Callable[[str], None] | None = None,
+    max_failures: int | None = None,
+) -> WorkerStats:
+    """Claim and run trials until the study has ``job.n_trials`` finished (COMPLETE + PRUNED) trials.
+
+    The count is taken under the study's slot lock together with the ask, so
+    several workers never start more trials than are missing; it counts RUNNING
+    trials of live workers as taken, and re-checks at every trial (a
+    MaxTrialsCallback-style stop that holds across workers and restarts).
+
+    Args:
+        job: the study, storage, tracking store and parent run.
+        spec: the parsed spec (parsed from ``job.spec`` when omitted).
+        tracker: the tracker (built from ``job.tracking`` when omitted).
+        on_trial: called with each trial's final state name, e.g. for progress.
+        max_failures: stop after this many failed trials in this worker (default n_trials).
+
+    Returns:
+        The worker's counts.
+    """
+    import optuna
+
+    from bpexp.tracking import make_tracker
+
+    quiet_optuna()
+    spec = spec or sweep_spec_from_dict(job.spec, source=job.source)
+    if tracker is None:
+        tracker = make_tracker(job.tracking.get("uri"), job.tracking.get("experiment"), enabled=job.tracking.get("enabled", True))
+    storage = open_storage(job.storage, heartbeat_interval=spec.sweep.heartbeat_interval, grace_period=spec.sweep.grace_period)
+    target = job.n_trials
+    size = grid_size(spec)
+    if size is not None:
+        target = min(target, size)
+    seed = spec.sweep.seed + 7919 * job.worker_index + job.seed_offset  # distinct per worker and per restart
+    study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=make_sampler(spec, seed), pruner=make_pruner(spec))
+    slots = exclusive(job.storage, f"slots-{job.study_name}")
+    datasets = DatasetCache()
+    stats = WorkerStats()
+    me = identity()
+    max_failures = max_failures if max_failures is not None else max(3, target)
+    try:
+        while True:
+            with slots:
+                reap_dead_trials(study, tracker)
+                done, running = done_count(study)
+                if done + running >= target:
+                    break
+                trial = study.ask()
+                trial.set_user_attr(ATTR_WORKER, me)
+                for stale in (ATTR_ERROR, ATTR_RUN_ID, ATTR_STOP_REASON):
+                    # a retried trial inherits the failed one's user attrs: clear what no longer holds
+                    if trial.user_attrs.get(stale) is not None:
+                        trial.set_user_attr(stale, None)
+            state = run_trial(study, trial, spec, tracker, parent_run_id=job.parent_run_id, auto=job.auto, datasets=datasets)
+            stats.trials.append(trial.number)
+            if state == "COMPLETE":
+                stats.complete += 1
+            elif state == "PRUNED":
+                stats.pruned += 1
+            else:
+                stats.failed += 1
+            if on_trial is not None:
+                on_trial(state)
+            if stats.failed >= max_failures:
+                break
+    finally:
+        closer = getattr(slots, "close", None)
+        if closer is not None:
+            closer()
+    return stats
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker process entry point: ``python -m bpexp.sweep.worker JOB.json``. Returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m bpexp.sweep.worker JOB.json", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)  # a terminated worker fails its trial and ends its run KILLED
+    job = WorkerJob.from_json(Path(argv[0]).read_text())
+    try:
+        stats = run_worker(job)
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(asdict(stats)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
