@@ -36,7 +36,8 @@ STOP_REASONS = ("loss_threshold", "max_epochs", "early_stopping", "diverged")
 class StrictModel(BaseModel):
     """A pydantic model that refuses unknown keys and re-validates on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and NaN are never meaningful in a spec (an infinite λ would only diverge)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- data
@@ -91,12 +92,20 @@ class ModelConfig(StrictModel):
     kind: Literal["perceptron", "mlp"] = "perceptron"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128], description="MLP hidden widths")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="MLP dropout on hidden layers (inverted dropout)")
-    init: Literal["zeros", "small_random", "he"] | None = Field(
-        default=None, description="weight init; default zeros for the perceptron, he for the MLP"
+    init: Literal["zeros", "small_random", "he"] = Field(
+        default="zeros", description="weight init; default zeros for the perceptron, he for the MLP"
     )
     init_scale: float = Field(default=0.01, gt=0.0, description="std of the small_random init")
     l2: float = Field(default=0.0, ge=0.0, description="λ₂ in (1/n)·Σ loss_i + (λ₂/2)·‖W‖², biases excluded")
     dtype: Literal["float32", "float64"] = "float32"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_init(cls, raw: Any) -> Any:
+        # Fill in the kind's default init, so the logged config says what was used.
+        if isinstance(raw, dict) and raw.get("init") is None:
+            raw = {**raw, "init": "he" if raw.get("kind") == "mlp" else "zeros"}
+        return raw
 
     @model_validator(mode="after")
     def _check_init(self) -> "ModelConfig":
@@ -108,12 +117,6 @@ class ModelConfig(StrictModel):
             raise ValueError("model.hidden must name at least one layer width for an MLP (use kind 'perceptron' for none); got []")
         return self
 
-    @property
-    def resolved_init(self) -> str:
-        """The init actually used: the configured one, or the kind's default."""
-        if self.init is not None:
-            return self.init
-        return "zeros" if self.kind == "perceptron" else "he"
 
 
 # ----------------------------------------------------------------------- optimiser
@@ -333,6 +336,9 @@ def format_validation_error(error: ValidationError, source: str = "spec") -> str
             bound = next(iter(ctx.values()))
             lines.append(f"{source}: {loc} must be {op} {bound} (got {given!r})")
             continue
+        if kind == "finite_number":
+            lines.append(f"{source}: {loc} must be a finite number (got {given!r})")
+            continue
         if kind == "union_tag_invalid":
             lines.append(f"{source}: {loc}.name must be one of {ctx.get('expected_tags')}; got {ctx.get('tag')!r}")
             continue
@@ -392,11 +398,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+REMOVE = object()
+"""An override value that deletes the key, so the field falls back on its default."""
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of ``raw`` with dotted keys (``optim.lr``) set to the given values.
 
-    ``None`` values are skipped, so unset CLI flags leave the spec alone. Setting
-    ``schedule.name`` to a different schedule drops the old schedule's fields.
+    ``None`` values are skipped, so unset CLI flags leave the spec alone; :data:`REMOVE`
+    deletes the key. Setting ``schedule.name`` to a different schedule drops the old
+    schedule's fields.
     """
     merged = _deep_copy(raw)
     for dotted, value in overrides.items():
@@ -412,7 +423,10 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
             node = child
         if parts == ["schedule", "name"] and node.get("name") not in (None, value):
             node.clear()
-        node[parts[-1]] = value
+        if value is REMOVE:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
     return merged
 
 

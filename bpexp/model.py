@@ -345,14 +345,14 @@ def build_model(cfg, n_inputs: int, n_classes: int, seed: int) -> Model:
     rng = np.random.default_rng([seed, 1])  # a stream of its own, apart from data and order
     if cfg.kind == "perceptron":
         return Perceptron(
-            n_inputs, n_classes, init=cfg.resolved_init, init_scale=cfg.init_scale, l2=cfg.l2, dtype=cfg.dtype, rng=rng
+            n_inputs, n_classes, init=cfg.init, init_scale=cfg.init_scale, l2=cfg.l2, dtype=cfg.dtype, rng=rng
         )
     return MLP(
         n_inputs,
         list(cfg.hidden),
         n_classes,
         dropout=cfg.dropout,
-        init=cfg.resolved_init,
+        init=cfg.init,
         init_scale=cfg.init_scale,
         l2=cfg.l2,
         dtype=cfg.dtype,

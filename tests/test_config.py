@@ -82,7 +82,9 @@ def test_unknown_key_is_named(raw, key):
         ({"data": {"label_noise": -0.5}}, "data.label_noise", ">= 0", "-0.5"),
         ({"seed": -3}, "seed", ">= 0", "-3"),
         ({"schedule": {"name": "triangular", "max_lr": -1}}, "schedule.max_lr", "> 0", "-1"),
-        ({"optim": {"lr": math.nan}}, "optim.lr", "> 0", "nan"),
+        ({"optim": {"lr": math.nan}}, "optim.lr", "a finite number", "nan"),
+        ({"optim": {"lr": math.inf}}, "optim.lr", "a finite number", "inf"),
+        ({"train": {"stop_loss": math.inf}}, "train.stop_loss", "a finite number", "inf"),
     ],
 )
 def test_value_out_of_range_names_field_range_and_value(raw, field, bound, value):
@@ -131,10 +133,20 @@ def test_batch_size_full_and_integers():
         config_from_dict({"optim": {"batch_size": True}})
 
 
-def test_resolved_init():
-    assert ModelConfig(kind="perceptron").resolved_init == "zeros"
-    assert ModelConfig(kind="mlp").resolved_init == "he"
-    assert ModelConfig(kind="mlp", init="small_random").resolved_init == "small_random"
+def test_init_is_resolved_in_the_logged_config():
+    assert ModelConfig(kind="perceptron").init == "zeros"
+    assert ModelConfig(kind="mlp").init == "he"
+    assert ModelConfig(kind="mlp", init="small_random").init == "small_random"
+    assert config_from_dict({"model": {"kind": "mlp"}}).model_dump()["model"]["init"] == "he"
+
+
+def test_dataset_flag_replaces_a_spec_file(tmp_path):
+    from bpexp.cli.options import config_from_options
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("data: {path: somewhere.npz}\n")
+    cfg = config_from_options(str(spec), (), {"dataset": "iris"})
+    assert cfg.data.path is None and cfg.data.name == "iris"
 
 
 def test_assignment_is_validated():

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from bpexp.config import ExperimentConfig, SCHEDULE_NAMES, load_config, parse_scalar
+from bpexp.config import REMOVE, SCHEDULE_NAMES, ExperimentConfig, load_config, parse_scalar
 from bpexp.errors import ConfigError
 
 # (flag, dotted config key, click options); None as default means "leave the spec's value".
@@ -81,6 +81,8 @@ def config_from_options(spec: str | None, sets: tuple[str, ...], values: dict[st
         elif key == "optim.batch_size":
             value = value if value == "full" else _parse_int(value, "--batch-size")
         overrides[key] = value
+    if values.get("dataset") is not None and values.get("data_path") is None:
+        overrides["data.path"] = REMOVE  # --dataset replaces a file the spec names
     for pair in sets:
         if "=" not in pair:
             raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}")
