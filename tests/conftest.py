@@ -158,3 +158,18 @@ def mlflow_server(tmp_path_factory):
             except ProcessLookupError:
                 pass
         log.close()
+
+
+# ------------------------------------------------------------------ reports
+
+
+@pytest.fixture(scope="session")
+def report_sweep(digits32):
+    """A SweepRecord of 20 real, diagnosed digits runs and a range test (see tests/report_helpers.py).
+
+    λ from 1e-5 to 300 (constant schedule), five other schedules and four stop
+    thresholds at λ = 0.3. About 3 s on one core.
+    """
+    from report_helpers import build_real_sweep
+
+    return build_real_sweep(digits32)

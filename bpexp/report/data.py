@@ -28,13 +28,17 @@ INCOMPLETE = "incomplete"
 
 # λ modes take precedence over the others when a trial has several findings: they
 # are what the landscape is about. Order: the most severe first.
-LR_MODES = ("lr_too_high", "lr_too_low")
+LR_MODES = ("lr_too_high", "flat_minimum", "lr_too_low")
 
 # The bands along log λ, left to right, and the outcomes that fall into each one.
 # bpexp.diagnose's lr_too_high is λ past the stability limit 2/λ_max(H), where the
-# loss oscillates; past it far enough the run diverges. Every other outcome
-# (healthy, overfitting, non_convergence of a stop rule, ...) is not about λ and
-# counts as "good" along the λ axis.
+# loss oscillates; past it far enough the run diverges. Its flat_minimum is the loss
+# hovering on a minibatch-noise floor at a stable λ: that floor grows with λ (SGD's
+# stationary covariance is proportional to λ/B: Mandt, Hoffman & Blei, "Stochastic
+# Gradient Descent as Approximate Bayesian Inference", JMLR 18, 2017), so it too
+# marks a λ too high for the end of the run. Every other outcome (healthy,
+# overfitting, non_convergence of a stop rule, ...) is not about λ and counts as
+# "good" along the λ axis.
 BANDS = ("too_low", "good", "too_high", "diverged")
 BAND_LABELS = {
     "too_low": "λ too low",
@@ -42,7 +46,7 @@ BAND_LABELS = {
     "too_high": "λ too high (oscillating)",
     "diverged": "diverged",
 }
-BAND_OF_OUTCOME = {"lr_too_low": "too_low", "lr_too_high": "too_high", DIVERGED: "diverged"}
+BAND_OF_OUTCOME = {"lr_too_low": "too_low", "lr_too_high": "too_high", "flat_minimum": "too_high", DIVERGED: "diverged"}
 
 OUTCOME_LABELS = {
     HEALTHY: "healthy",
@@ -72,6 +76,30 @@ CURVES_PER_GROUP = 3
 ACCURACY_TIE = 1.0 / 360
 
 
+# Outcomes from cold to hot: λ too low, healthy, the modes that are not about λ,
+# the noise floor, λ too high, diverged; then trials that did not complete.
+OUTCOME_ORDER = (
+    "lr_too_low",
+    HEALTHY,
+    "overfitting",
+    "underfitting",
+    "class_imbalance",
+    "bad_ordering",
+    "non_convergence",
+    "flat_minimum",
+    "lr_too_high",
+    DIVERGED,
+    PRUNED_OUTCOME,
+    FAILED,
+    INCOMPLETE,
+)
+
+
+def outcome_rank(outcome: str) -> tuple[int, str]:
+    """A sort key placing outcomes in :data:`OUTCOME_ORDER` (unknown ones last, by name)."""
+    return (OUTCOME_ORDER.index(outcome) if outcome in OUTCOME_ORDER else len(OUTCOME_ORDER), outcome)
+
+
 def outcome_label(outcome: str) -> str:
     """The human name of an outcome or mode."""
     return OUTCOME_LABELS.get(outcome, outcome.replace("_", " "))
@@ -83,7 +111,7 @@ def trial_outcome(trial: TrialRecord) -> str:
     Returns:
         ``failed``, ``pruned`` or ``incomplete`` for trials that did not complete;
         ``diverged`` when training diverged; else the first λ mode diagnosed
-        (lr_too_high, lr_too_low); else the most confident other
+        (lr_too_high, flat_minimum, lr_too_low); else the most confident other
         mode; else ``healthy``.
     """
     if trial.state == FAIL:
@@ -402,10 +430,11 @@ def _spread(trials: list[TrialRecord], k: int) -> list[TrialRecord]:
 
 
 def curves_data(sweep: SweepRecord, per_group: int = CURVES_PER_GROUP) -> CurvesData | None:
-    """Learning curves of the best healthy trials and of a few trials per mode found.
+    """Learning curves of the best healthy trials and of a few trials per outcome found.
 
-    A trial joins the group of every mode diagnosed in it, and ``diverged`` when it
-    diverged. Returns None when no completed trial has a history.
+    Each trial sits in the group of its outcome (:func:`trial_outcome`, the colour it
+    has in the landscape), so no curve is drawn twice. Groups run from λ too low to
+    diverged (:data:`OUTCOME_ORDER`). Returns None when no completed trial has a history.
     """
     trials = [t for t in completed(sweep) if t.history.get("epoch")]
     if not trials:
@@ -417,14 +446,15 @@ def curves_data(sweep: SweepRecord, per_group: int = CURVES_PER_GROUP) -> Curves
         groups.append(CurveGroup(HEALTHY, "best healthy", len(healthy), [_curve(t) for t in best]))
     members: dict[str, list[TrialRecord]] = {}
     for t in trials:
-        for mode in dict.fromkeys(t.modes + ([DIVERGED] if t.stop_reason == DIVERGED else [])):
-            members.setdefault(mode, []).append(t)
-    # Most frequent modes first, then by name, so the page reads the same every time.
-    for mode, group in sorted(members.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        outcome = trial_outcome(t)
+        if outcome != HEALTHY:
+            members.setdefault(outcome, []).append(t)
+    for mode in sorted(members, key=outcome_rank):
+        group = members[mode]
         groups.append(CurveGroup(mode, outcome_label(mode), len(group), [_curve(t) for t in _spread(group, per_group)]))
     sentence = (
         "Training (solid) and validation (dashed) loss per epoch for the best healthy trials and a few trials of each "
-        "mode found, spread over λ: look for where the two lines part (overfitting), where they stay flat (λ too low), "
+        "other outcome (as coloured in the landscape), spread over λ: look for where the two lines part (overfitting), where they stay flat (λ too low), "
         "zig-zag (λ too high) or leave the chart (diverged)."
     )
     return CurvesData(groups, sentence)

@@ -24,6 +24,7 @@ from bpexp.report.data import (
     StopData,
     sample_evenly,
     outcome_label,
+    outcome_rank,
 )
 
 # One colour per outcome, the same in every figure (matplotlib's tab10, λ modes on
@@ -66,8 +67,7 @@ def _png(figure) -> bytes:
 
 
 def _outcome_order(outcomes) -> list[str]:
-    known = list(OUTCOME_COLORS)
-    return sorted(set(outcomes), key=lambda o: (known.index(o) if o in known else len(known), o))
+    return sorted(set(outcomes), key=outcome_rank)
 
 
 # ----------------------------------------------------------------- 1. landscape
