@@ -69,6 +69,10 @@ def _register() -> None:
 
     cli.add_command(lrfind_cmd.lrfind_command)
 
+    from bpexp.cli import ui_cmd
+
+    cli.add_command(ui_cmd.ui_command)
+
 
 _register()
 
