@@ -1,0 +1,452 @@
+"""Physical checks on a finished run: the model and its data are in hand, so measure them.
+
+- :func:`top_hessian_eigenvalue`: λ_max of the objective's Hessian by Lanczos on
+  Hessian-vector products. Gradient descent on a quadratic converges iff
+  |1 − λ·h| < 1 along every eigenvalue h, so λ·λ_max > 2 means the optimum is
+  unstable (the classical bound; Cohen et al., "Gradient descent on neural networks
+  typically occurs at the edge of stability", ICLR 2021).
+- :func:`polish_gain`: how far a few safe full-batch steps lower the loss from the
+  final weights; a large gain means the run hovered above a minimum it did not reach.
+- :func:`per_class_recall` and :func:`knn_accuracy`: what the model gets per class,
+  and what a nearest-neighbour vote gets from the same features.
+- :func:`shuffled_twin`: a short run of the same config with shuffled order.
+
+Every function here is pure apart from its CPU time: nothing is read or written,
+and the run's model is never modified (work happens on float64 copies).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from bpexp.model import Model, Perceptron, build_model
+
+HESSIAN_SAMPLES = 2048
+"""Hessian-vector products use at most this many training samples (a fixed random subset):
+λ_max of a sample mean of per-sample Hessians converges like 1/√n, so 2048 samples pin
+it to a few per cent while keeping MNIST's diagnosis cheap."""
+LANCZOS_STEPS = 24
+"""Lanczos steps: the largest Ritz value converges geometrically in the step count
+(Kaniel–Paige), so two dozen steps give λ_max to well under 1 % on these spectra."""
+LANCZOS_TOL = 1e-3
+"""Stop early once the largest Ritz value moves by less than this relative amount."""
+FD_EPSILON = 1e-4
+"""Central differences of float64 gradients: the step is this × max(1, ‖θ‖) along a unit
+vector; truncation error O(ε²), round-off O(1e-16/ε), both far below 1 %."""
+
+
+# ------------------------------------------------------------ Hessian λ_max
+
+
+def lanczos_top(hvp: Callable[[np.ndarray], np.ndarray], dim: int, rng: np.random.Generator,
+                steps: int = LANCZOS_STEPS, tol: float = LANCZOS_TOL) -> float:
+    """The largest eigenvalue of the symmetric operator ``hvp`` on R^dim, by Lanczos.
+
+    Full re-orthogonalisation keeps the Krylov basis orthogonal, so no spurious copies
+    of λ_max appear (Golub & Van Loan, Matrix Computations, §10.3).
+
+    Returns:
+        The largest Ritz value, or NaN when a product is not finite.
+    """
+    steps = max(1, min(steps, dim))
+    Q = np.zeros((steps, dim))
+    alphas: list[float] = []
+    betas: list[float] = []
+    q = rng.standard_normal(dim)
+    q /= np.linalg.norm(q)
+    previous = math.nan
+    top = math.nan
+    for j in range(steps):
+        Q[j] = q
+        w = hvp(q)
+        if not np.all(np.isfinite(w)):
+            return math.nan
+        alpha = float(q @ w)
+        alphas.append(alpha)
+        w -= Q[: j + 1].T @ (Q[: j + 1] @ w)  # full re-orthogonalisation against q_0..q_j
+        w -= Q[: j + 1].T @ (Q[: j + 1] @ w)  # twice is enough (Kahan–Parlett)
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        top = float(np.linalg.eigvalsh(T)[-1])
+        beta = float(np.linalg.norm(w))
+        if beta < 1e-12 * max(1.0, abs(top)) or (j >= 3 and abs(top - previous) <= tol * abs(top)):
+            break
+        previous = top
+        betas.append(beta)
+        q = w / beta
+    return top
+
+
+def _subset(n: int, limit: int, seed: int) -> np.ndarray | None:
+    if n <= limit:
+        return None
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, size=limit, replace=False))
+
+
+def perceptron_hvp(A: np.ndarray, X: np.ndarray, l2: float) -> Callable[[np.ndarray], np.ndarray]:
+    """The analytic Hessian-vector product of the softmax perceptron's objective at ``A``.
+
+    For J = (1/n)·Σᵢ CE(softmax(A·xᵢ), yᵢ) + (λ₂/2)·‖A without its bias column‖², the Hessian
+    is (1/n)·Σᵢ (diag(pᵢ) − pᵢpᵢᵀ) ⊗ xᵢxᵢᵀ + λ₂·I on the weights, so for a direction V (K, D+1):
+        H·V = (1/n)·Σᵢ [pᵢ ⊙ uᵢ − pᵢ·(pᵢᵀuᵢ)]·xᵢᵀ + λ₂·V,   uᵢ = V·xᵢ.
+
+    Returns:
+        A function of a flat float64 vector (K·(D+1),) returning H·v, flat.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    K, D1 = A.shape
+    z = X @ A.T  # (n, K)
+    z -= z.max(axis=1, keepdims=True)
+    P = np.exp(z)
+    P /= P.sum(axis=1, keepdims=True)  # (n, K)
+    n = X.shape[0]
+
+    def hvp(v: np.ndarray) -> np.ndarray:
+        V = v.reshape(K, D1)
+        U = X @ V.T  # (n, K): uᵢ = V·xᵢ
+        PU = P * U
+        R = PU - P * PU.sum(axis=1, keepdims=True)  # (diag(p) − ppᵀ)·u per row
+        out = (R.T @ X) / n  # (K, D+1)
+        if l2:
+            out[:, :-1] += l2 * V[:, :-1]  # the L2 term skips the bias column
+        return out.reshape(-1)
+
+    return hvp
+
+
+def finite_difference_hvp(model: Model, X: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """H·v ≈ (∇J(θ + εv) − ∇J(θ − εv)) / 2ε on ``model`` (a float64 model, dropout off).
+
+    ``model``'s weights are restored after every product.
+
+    Returns:
+        A function of a flat float64 vector (all parameters) returning H·v, flat.
+    """
+    theta = [p.copy() for p in model.params]
+    shapes = [p.shape for p in theta]
+    sizes = [p.size for p in theta]
+    scale = max(1.0, math.sqrt(sum(float(np.vdot(p, p)) for p in theta)))
+
+    def grad_at(flat: np.ndarray) -> np.ndarray:
+        parts = np.split(flat, np.cumsum(sizes)[:-1])
+        model.set_weights([part.reshape(shape) for part, shape in zip(parts, shapes)])
+        model.loss_and_grad(X, y, None)
+        return np.concatenate([g.reshape(-1) for g in model.grads]).astype(np.float64)
+
+    base = np.concatenate([p.reshape(-1) for p in theta])
+
+    def hvp(v: np.ndarray) -> np.ndarray:
+        norm = float(np.linalg.norm(v)) or 1.0
+        eps = FD_EPSILON * scale / norm
+        with np.errstate(all="ignore"):
+            out = (grad_at(base + eps * v) - grad_at(base - eps * v)) / (2.0 * eps)
+        model.set_weights(theta)
+        return out
+
+    return hvp
+
+
+def float64_copy(model: Model, config, n_features: int, n_classes: int, seed: int) -> Model:
+    """A float64 model with ``model``'s weights (dropout kept in its config but never drawn)."""
+    cfg = config.model.model_copy(update={"dtype": "float64"})
+    twin = build_model(cfg, n_features, n_classes, seed)
+    twin.set_weights([np.asarray(p, dtype=np.float64) for p in model.params])
+    return twin
+
+
+def top_hessian_eigenvalue(model: Model, config, X: np.ndarray, y: np.ndarray, seed: int,
+                           limit: int = HESSIAN_SAMPLES) -> float:
+    """λ_max of the Hessian of the training objective (cross-entropy + L2) at ``model``'s weights.
+
+    Exact products for the perceptron, float64 finite differences for an MLP, on at
+    most ``limit`` training samples.
+
+    Returns:
+        λ_max, or NaN when the weights are not finite.
+    """
+    if not all(np.all(np.isfinite(p)) for p in model.params):
+        return math.nan
+    idx = _subset(len(y), limit, seed)
+    Xs = X if idx is None else X[idx]
+    ys = y if idx is None else y[idx]
+    rng = np.random.default_rng([seed, 8])
+    if isinstance(model, Perceptron):
+        return lanczos_top(perceptron_hvp(model.A, Xs, model.l2), model.A.size, rng)
+    n_features = X.shape[1] - 1
+    twin = float64_copy(model, config, n_features, model.n_classes, seed)
+    dim = sum(p.size for p in twin.params)
+    with np.errstate(all="ignore"):
+        return lanczos_top(finite_difference_hvp(twin, np.asarray(Xs, dtype=np.float64), ys), dim, rng)
+
+
+def stability_limit(config) -> float | None:
+    """The largest λ·λ_max at which the optimiser is stable on a quadratic, or None for Adam.
+
+    SGD: 2 (|1 − λh| < 1). Heavy-ball momentum μ: 2(1 + μ) (Polyak 1964; Goh, "Why
+    momentum really works", Distill 2017). Nesterov: 2(1 + μ)/(1 + 2μ) (the same
+    analysis of its characteristic polynomial). Adam rescales every coordinate, so λ·h
+    says nothing about it.
+    """
+    name = config.optim.name
+    mu = config.optim.momentum
+    if name == "sgd":
+        return 2.0
+    if name == "momentum":
+        return 2.0 * (1.0 + mu)
+    if name == "nesterov":
+        return 2.0 * (1.0 + mu) / (1.0 + 2.0 * mu)
+    return None
+
+
+def step_multiplier(config) -> float:
+    """How much further than λ·g one step moves in the slow, gradient-following regime:
+    1/(1 − μ) with momentum (the geometric sum of the velocity), 1 for SGD."""
+    if config.optim.name in ("momentum", "nesterov"):
+        return 1.0 / (1.0 - config.optim.momentum)
+    return 1.0
+
+
+# ------------------------------------------------------------------- polish
+
+
+@dataclass
+class Polish:
+    """Full-batch gradient steps of size 1/λ_max from the final weights.
+
+    ``before`` and ``after`` are training cross-entropies, ``gain`` = (before − after)/after.
+    """
+
+    before: float
+    after: float
+    steps: int
+
+    @property
+    def gain(self) -> float:
+        if not (math.isfinite(self.before) and math.isfinite(self.after)) or self.after <= 0:
+            return math.nan
+        return (self.before - self.after) / self.after
+
+
+POLISH_STEPS = 30
+"""Safe steps from the final weights: enough to remove the noise a minibatch run leaves in
+the stiff directions (each shrinks by (1 − h/λ_max)^30), cheap next to any training run."""
+
+
+def polish(model: Model, config, X: np.ndarray, y: np.ndarray, h_max: float, seed: int,
+           steps: int = POLISH_STEPS, limit: int = HESSIAN_SAMPLES) -> Polish:
+    """Descend from the final weights with full-batch gradient steps of size 1/λ_max.
+
+    Step 1/L never raises a function whose gradient is L-Lipschitz (the descent
+    lemma; Nesterov, Introductory Lectures on Convex Optimization, §1.2.3), so any
+    fall in the loss is a minimum the run hovered above.
+
+    Returns:
+        A :class:`Polish` with the training loss before and after (NaN if not finite).
+    """
+    if not math.isfinite(h_max) or h_max <= 0:
+        return Polish(math.nan, math.nan, 0)
+    idx = _subset(len(y), limit, seed)
+    Xs = np.asarray(X if idx is None else X[idx], dtype=np.float64)
+    ys = y if idx is None else y[idx]
+    twin = float64_copy(model, config, X.shape[1] - 1, model.n_classes, seed)
+    eta = 1.0 / h_max
+    with np.errstate(all="ignore"):
+        before = twin.evaluate(Xs, ys)[0]
+        for _ in range(steps):
+            twin.loss_and_grad(Xs, ys, None)
+            for p, g in zip(twin.params, twin.grads):
+                p -= eta * g
+        after = twin.evaluate(Xs, ys)[0]
+    return Polish(float(before), float(after), steps)
+
+
+# --------------------------------------------------------- data-side checks
+
+
+def per_class_recall(model: Model, X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recall of every class on (X, y), and the share of predictions each class receives.
+
+    Returns:
+        ``(recall (K,), predicted_share (K,))``; recall is NaN for a class absent from y.
+    """
+    with np.errstate(all="ignore"):
+        pred = model.predict(X)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    hits = np.bincount(y[pred == y], minlength=n_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+    share = np.bincount(pred, minlength=n_classes)[:n_classes] / max(len(pred), 1)
+    return recall, share
+
+
+KNN_K = 5
+KNN_TRAIN = 1000
+"""At most this many reference samples: fewer references only weaken the vote, so the
+underfitting check stays conservative, and MNIST's reference costs ~1 % of its training."""
+KNN_VAL = 300
+"""At most this many validation samples: ±3 points of binomial standard error."""
+
+
+def knn_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+                 seed: int, k: int = KNN_K) -> float:
+    """Validation accuracy of a k-nearest-neighbour vote on the same standardised features.
+
+    A reference for what the features allow without any fitting: where it beats the
+    model by a wide margin, the model is too simple for the data (Cover & Hart 1967:
+    the 1-NN error is at most twice the Bayes error). At most :data:`KNN_TRAIN` training and
+    :data:`KNN_VAL` validation samples are used.
+
+    Returns:
+        The accuracy in [0, 1].
+    """
+    rng = np.random.default_rng([seed, 9])
+    if len(y_train) > KNN_TRAIN:
+        keep = rng.choice(len(y_train), KNN_TRAIN, replace=False)
+        X_train, y_train = X_train[keep], y_train[keep]
+    if len(y_val) > KNN_VAL:
+        keep = rng.choice(len(y_val), KNN_VAL, replace=False)
+        X_val, y_val = X_val[keep], y_val[keep]
+    A = np.asarray(X_train[:, :-1], dtype=np.float32)  # drop the constant-1 column
+    B = np.asarray(X_val[:, :-1], dtype=np.float32)
+    k = max(1, min(k, len(y_train)))
+    d2 = (A * A).sum(1)[None, :] - 2.0 * (B @ A.T)  # (n_val, n_train); ‖b‖² is the same along a row
+    nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (n_val, k), unordered
+    votes = y_train[nearest]
+    m = len(y_val)
+    n_classes = int(max(y_train.max(), y_val.max())) + 1
+    tally = np.bincount((np.arange(m)[:, None] * n_classes + votes).ravel(), minlength=m * n_classes)
+    tally = tally.reshape(m, n_classes).astype(np.float64)
+    # ties go to the class of the single nearest neighbour
+    closest = votes[np.arange(m), np.argmin(np.take_along_axis(d2, nearest, axis=1), axis=1)]
+    tally[np.arange(m), closest] += 0.5
+    return float(np.mean(tally.argmax(axis=1) == y_val))
+
+
+# -------------------------------------------------------------------- twin
+
+
+@dataclass
+class Twin:
+    """A short shuffled run beside the original: losses at the same epoch, and its cost."""
+
+    epoch: int
+    run_loss: float
+    twin_loss: float
+    seconds: float
+
+
+def shuffled_twin(result, epochs: int) -> Twin:
+    """Train the same config for ``epochs`` epochs with ``data.order: shuffled``, on the same data.
+
+    Returns:
+        A :class:`Twin` comparing the training losses after ``epochs`` epochs.
+    """
+    from bpexp.train import train
+
+    config = result.config
+    epochs = max(1, min(epochs, len(result.history)))
+    twin_config = config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"order": "shuffled"}),
+            "train": config.train.model_copy(update={"max_epochs": epochs, "stop_loss": None, "patience": None}),
+        }
+    )
+    started = time.perf_counter()
+    twin = train(twin_config, result.dataset)
+    seconds = time.perf_counter() - started
+    run_loss = float(result.history.train_loss[epochs - 1])
+    twin_loss = float(twin.history.train_loss[-1]) if len(twin.history) else math.nan
+    return Twin(epochs, run_loss, twin_loss, seconds)
+
+
+def initial_model(config, n_features: int, n_classes: int) -> Model:
+    """The model exactly as the run started (the init is seeded by the config)."""
+    return build_model(config.model, n_features, n_classes, config.seed)
+
+
+__all__ = [
+    "lanczos_top",
+    "perceptron_hvp",
+    "finite_difference_hvp",
+    "top_hessian_eigenvalue",
+    "stability_limit",
+    "step_multiplier",
+    "Polish",
+    "polish",
+    "per_class_recall",
+    "knn_accuracy",
+    "Twin",
+    "shuffled_twin",
+    "initial_model",
+]
+
+
+# ------------------------------------------------------------ lazy access
+
+
+class RunPhysics:
+    """The physical checks of one finished run, each computed on first use and kept.
+
+    ``seconds`` records what each check cost, so a diagnosis can report its own price.
+    """
+
+    def __init__(self, result, *, twin: bool = True) -> None:
+        self.result = result
+        self.config = result.config
+        self.model = result.model
+        self.dataset = result.dataset
+        self.allow_twin = twin
+        self.seconds: dict[str, float] = {}
+        self._cache: dict[str, object] = {}
+
+    def _timed(self, name: str, compute):
+        if name not in self._cache:
+            started = time.perf_counter()
+            self._cache[name] = compute()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        return self._cache[name]
+
+    @property
+    def h_end(self) -> float:
+        """λ_max of the Hessian at the final weights."""
+        train = self.dataset.train
+        return self._timed("h_end", lambda: top_hessian_eigenvalue(self.model, self.config, train.X, train.y, self.config.seed))
+
+    @property
+    def h_init(self) -> float:
+        """λ_max of the Hessian at the initial weights (rebuilt from the seeded config)."""
+        train = self.dataset.train
+
+        def compute() -> float:
+            model = initial_model(self.config, self.dataset.n_features, self.dataset.n_classes)
+            return top_hessian_eigenvalue(model, self.config, train.X, train.y, self.config.seed)
+
+        return self._timed("h_init", compute)
+
+    @property
+    def recall(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class recall on the validation split and each class's share of the predictions."""
+        val = self.dataset.val
+        return self._timed("recall", lambda: per_class_recall(self.model, val.X, val.y, self.dataset.n_classes))
+
+    @property
+    def knn(self) -> float:
+        """Validation accuracy of a 5-nearest-neighbour vote on the training split."""
+        tr, va = self.dataset.train, self.dataset.val
+        return self._timed("knn", lambda: knn_accuracy(tr.X, tr.y, va.X, va.y, self.config.seed))
+
+    def polish(self, h_max: float) -> Polish:
+        """:func:`polish` from the final weights with step 1/h_max."""
+        train = self.dataset.train
+        return self._timed("polish", lambda: polish(self.model, self.config, train.X, train.y, h_max, self.config.seed))
+
+    def twin(self, epochs: int) -> Twin | None:
+        """:func:`shuffled_twin`, or None when twin runs are switched off."""
+        if not self.allow_twin:
+            return None
+        return self._timed("twin", lambda: shuffled_twin(self.result, epochs))

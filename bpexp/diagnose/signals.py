@@ -1,0 +1,362 @@
+"""Named numbers read off a History: what the detectors reason about.
+
+Everything here is a pure function of arrays and tolerates short, diverged and
+NaN-filled histories: a statistic that cannot be computed is NaN, never an error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+LATE_START = 0.3
+"""Loss checks look at the epochs after the first 30 % of the run: AutoTrainer (Zhang et al.,
+"AUTOTRAINER: An Automatic DNN Training Problem Detection and Repair System", ICSE 2021)
+starts its loss checks after 30 % of the training budget, when the start-up transient is over."""
+MIN_LATE_POINTS = 6
+"""Fewer late epochs than this leave no trend or oscillation to read."""
+DIVERGE_RATIO = 2.0
+DIVERGE_WINDOW = 5
+"""TheDeepChecker (Wardat et al., "DeepDiagnosis", ICSE 2022; Ghanbari et al., TheDeepChecker,
+2023): divergence when the loss grows to ≥ 2× its minimum over a window of 5 checks."""
+PROGRESS_STRIP = 5
+"""Prechelt ("Early stopping — but when?", 1998, §2.1): the training strip of length k = 5
+over which training progress P_k is measured."""
+
+
+@dataclass
+class RunView:
+    """One finished run as diagnosis sees it: float64 series of equal length ``n``, the
+    config, the data summary, the stop reason and the final metrics (after any restore)."""
+
+    config: Any
+    summary: dict
+    stop_reason: str
+    n: int
+    loss: np.ndarray
+    val_loss: np.ndarray
+    acc: np.ndarray
+    val_acc: np.ndarray
+    lr: np.ndarray
+    iterations: np.ndarray
+    update_norm: np.ndarray
+    path_length: np.ndarray
+    weight_norm: np.ndarray
+    initial: dict[str, float]
+    final: dict[str, float]
+    n_train: int
+    batch: int
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lr_find: Any = None
+
+    @property
+    def loss_init(self) -> float:
+        """The training loss before the first update (the first epoch's if not recorded)."""
+        value = _num(self.initial.get("train_loss"))
+        if math.isfinite(value):
+            return value
+        finite = self.loss[np.isfinite(self.loss)]
+        return float(finite[0]) if len(finite) else math.nan
+
+    @property
+    def full_batch(self) -> bool:
+        """Every step sees the whole training split, so there is no minibatch noise."""
+        return self.batch >= self.n_train
+
+    @property
+    def watched(self) -> np.ndarray:
+        """The loss ``train.stop_loss`` watches."""
+        return self.val_loss if self.config.train.stop_on == "val" else self.loss
+
+
+def _num(value: Any) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value
+
+
+def _series(values: Any, n: int) -> np.ndarray:
+    """A float64 array of length n: non-numbers become NaN, a short list is NaN-padded."""
+    out = np.full(n, np.nan)
+    if values is None:
+        return out
+    items = list(values)[:n]
+    out[: len(items)] = [_num(v) for v in items]
+    return out
+
+
+def view_of(history, config, data_summary: dict | None, *, stop_reason: str | None = None,
+            final: dict | None = None) -> RunView:
+    """Build the :class:`RunView` of a History.
+
+    ``stop_reason`` is inferred from the history and the stop rules when not given;
+    ``final`` defaults to the last epoch's metrics, or the best epoch's when early
+    stopping restored the best weights.
+    """
+    summary = dict(data_summary or {})
+    n = len(getattr(history, "train_loss", []) or [])
+    get = lambda name: _series(getattr(history, name, None), n)  # noqa: E731
+    initial = {k: _num(v) for k, v in (getattr(history, "initial", None) or {}).items()}
+    n_train = int(summary.get("n_train") or 0)
+    if n_train <= 0:
+        n_train = max(1, int(sum(summary.get("train_class_counts") or [0])))
+    batch_cfg = config.optim.batch_size
+    batch = n_train if batch_cfg == "full" else min(int(batch_cfg), n_train)
+    view = RunView(
+        config=config,
+        summary=summary,
+        stop_reason=stop_reason or "max_epochs",
+        n=n,
+        loss=get("train_loss"),
+        val_loss=get("val_loss"),
+        acc=get("train_accuracy"),
+        val_acc=get("val_accuracy"),
+        lr=get("lr"),
+        iterations=get("iterations"),
+        update_norm=get("update_norm"),
+        path_length=get("path_length"),
+        weight_norm=get("weight_norm"),
+        initial=initial,
+        final={},
+        n_train=n_train,
+        batch=max(1, batch),
+    )
+    iters = view.iterations
+    view.steps = np.diff(np.concatenate([[0.0], iters])) if n else np.zeros(0)
+    bad_steps = ~np.isfinite(view.steps) | (view.steps <= 0)
+    view.steps[bad_steps] = math.ceil(n_train / view.batch)
+    if stop_reason is None:
+        view.stop_reason = infer_stop_reason(view)
+    view.final = _final(view, final)
+    return view
+
+
+def infer_stop_reason(view: RunView) -> str:
+    """Replay train.py's stop rules on the recorded series (most severe first).
+
+    Returns:
+        ``diverged``, ``loss_threshold``, ``early_stopping`` or ``max_epochs``.
+    """
+    if view.n == 0:
+        return "max_epochs"
+    tcfg = view.config.train
+    last = view.loss[-1]
+    init = view.loss_init
+    if not math.isfinite(last) or (math.isfinite(init) and last > tcfg.diverge_factor * init):
+        return "diverged"
+    if tcfg.stop_loss is not None and math.isfinite(view.watched[-1]) and view.watched[-1] < tcfg.stop_loss:
+        return "loss_threshold"
+    if tcfg.patience is not None:
+        best, bad = math.inf, 0
+        for epoch, value in enumerate(view.val_loss, start=1):
+            if value < best:
+                best, bad = value, 0
+            else:
+                bad += 1
+                if bad >= tcfg.patience:
+                    return "early_stopping" if epoch == view.n else "max_epochs"
+    return "max_epochs"
+
+
+def _final(view: RunView, final: dict | None) -> dict[str, float]:
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    if final is not None:
+        return {k: _num(final.get(k)) for k in keys}
+    if view.n == 0:
+        return {k: _num(view.initial.get(k)) for k in keys}
+    at = view.n - 1
+    if view.stop_reason == "early_stopping" and np.isfinite(view.val_loss).any():
+        at = int(np.nanargmin(view.val_loss))  # train.py restores the first best epoch
+    return {
+        "train_loss": float(view.loss[at]),
+        "train_accuracy": float(view.acc[at]),
+        "val_loss": float(view.val_loss[at]),
+        "val_accuracy": float(view.val_acc[at]),
+    }
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def late_start(n: int) -> int:
+    """Index of the first epoch :data:`LATE_START` checks look at."""
+    return int(math.floor(LATE_START * n))
+
+
+@dataclass
+class Oscillation:
+    """How a series moves epoch to epoch in a window.
+
+    ``rise_share``: share of steps where it went up (AutoTrainer's oscillation count);
+    ``rise_size``: mean rise relative to ``ref``; ``decay``: mean |Δ| of the window's
+    second half over its first half (below 1: dying out); ``alternation``: share of
+    consecutive steps that change sign (1 for a period-2 orbit, ~2/3 for noise).
+    """
+
+    points: int
+    rise_share: float
+    rise_size: float
+    decay: float
+    alternation: float
+
+
+def oscillation(series: np.ndarray, ref: float) -> Oscillation:
+    """:class:`Oscillation` statistics of the finite tail of ``series``, sizes relative to ``ref``."""
+    s = series[np.isfinite(series)]
+    if len(s) < 3 or not math.isfinite(ref) or ref <= 0:
+        return Oscillation(len(s), math.nan, math.nan, math.nan, math.nan)
+    d = np.diff(s)
+    tol = 1e-9 * max(abs(ref), 1e-12)
+    up = d > tol
+    rise_share = float(np.mean(up))
+    rise_size = float(np.mean(d[up]) / ref) if up.any() else 0.0
+    half = len(d) // 2
+    first, second = np.mean(np.abs(d[:half])) if half else math.nan, np.mean(np.abs(d[half:]))
+    decay = float(second / first) if half and first > 0 else math.nan
+    signs = np.sign(d[np.abs(d) > tol])
+    alternation = float(np.mean(signs[1:] != signs[:-1])) if len(signs) > 1 else math.nan
+    return Oscillation(len(s), rise_share, rise_size, decay, alternation)
+
+
+def level(series: np.ndarray, index: int, width: int = 3) -> float:
+    """The median of ``series`` over ``width`` epochs ending at ``index`` (finite values only)."""
+    lo = max(0, index - width + 1)
+    window = series[lo : index + 1]
+    window = window[np.isfinite(window)]
+    return float(np.median(window)) if len(window) else math.nan
+
+
+def tail_share(series: np.ndarray, start: float, first: float) -> float:
+    """Share of the total fall (from ``first`` to the end) made after fraction ``start`` of the run.
+
+    Near 0 when the curve has flattened; about 1 − start for a straight line.
+    """
+    n = len(series)
+    if n < 4 or not math.isfinite(first):
+        return math.nan
+    q = max(0, int(math.floor(start * n)) - 1)
+    end = level(series, n - 1)
+    mid = level(series, q)
+    total = first - end
+    if not (math.isfinite(end) and math.isfinite(mid)) or total <= 0:
+        return math.nan
+    return (mid - end) / total
+
+
+def trend_t(series: np.ndarray, start: float) -> float:
+    """t-statistic of the least-squares slope of ``series`` over its last (1 − start) share.
+
+    Below −3 the series is falling beyond doubt (a three-sigma rule); a flat curve that
+    only wobbles stays near 0. A perfectly straight decrease gives −inf.
+    """
+    n = len(series)
+    lo = int(math.floor(start * n))
+    y = series[lo:]
+    x = np.arange(lo, n, dtype=np.float64)[np.isfinite(y)]
+    y = y[np.isfinite(y)]
+    if len(y) < 4:
+        return math.nan
+    x = x - x.mean()
+    sxx = float(x @ x)
+    slope = float(x @ (y - y.mean())) / sxx
+    resid = y - y.mean() - slope * x
+    dof = len(y) - 2
+    s2 = float(resid @ resid) / dof
+    se = math.sqrt(s2 / sxx)
+    if se == 0.0:
+        return -math.inf if slope < 0 else (math.inf if slope > 0 else 0.0)
+    return slope / se
+
+
+def generalization_loss(val_loss: np.ndarray) -> np.ndarray:
+    """Prechelt's GL(t) = 100·(E_va(t)/E_opt(t) − 1), E_opt the lowest validation loss so far.
+
+    Returns:
+        GL per epoch in per cent (NaN where the loss is not finite).
+    """
+    v = np.where(np.isfinite(val_loss), val_loss, np.nan)
+    best = np.fmin.accumulate(np.where(np.isfinite(v), v, np.inf))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gl = 100.0 * (v / best - 1.0)
+    gl[~np.isfinite(gl)] = np.nan
+    return gl
+
+
+def training_progress(loss: np.ndarray, k: int = PROGRESS_STRIP) -> float:
+    """Prechelt's P_k at the last epoch: 1000·(mean of the last k losses / their minimum − 1).
+
+    Large while training still makes progress, near 0 once it has settled.
+    """
+    tail = loss[-k:]
+    tail = tail[np.isfinite(tail)]
+    if len(tail) < 2 or tail.min() <= 0:
+        return math.nan
+    return float(1000.0 * (tail.mean() / tail.min() - 1.0))
+
+
+def first_of_final_run(flags: np.ndarray) -> int | None:
+    """Index where the last unbroken run of True values (ending at the last index) begins."""
+    if len(flags) == 0 or not flags[-1]:
+        return None
+    false_at = np.flatnonzero(~flags)
+    return int(false_at[-1] + 1) if len(false_at) else 0
+
+
+def divergence_epoch(loss: np.ndarray, diverge_above: float) -> int | None:
+    """The first epoch (1-based) at which the loss left any finite track.
+
+    That is: not finite, above ``diverge_above`` (train.py's rule), or ≥ 2× its minimum
+    over the previous :data:`DIVERGE_WINDOW` epochs while above the starting loss
+    (TheDeepChecker's window rule).
+    """
+    n = len(loss)
+    for t in range(n):
+        value = loss[t]
+        if not math.isfinite(value) or (math.isfinite(diverge_above) and value > diverge_above):
+            return t + 1
+        window = loss[max(0, t - DIVERGE_WINDOW) : t]
+        window = window[np.isfinite(window)]
+        if len(window) and window.min() > 0 and value >= DIVERGE_RATIO * window.min() and math.isfinite(diverge_above):
+            start = loss[0] if math.isfinite(loss[0]) else math.inf
+            if value > start and all(np.diff(loss[t:][np.isfinite(loss[t:])]) >= 0) and t >= n - DIVERGE_WINDOW:
+                return t + 1
+    return None
+
+
+def label_perplexity(counts: list[int] | np.ndarray) -> float:
+    """exp(entropy of the label distribution) / number of classes: 1 balanced, 1/K one class.
+
+    TheDeepChecker flags label imbalance below 0.5.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    c = c[c > 0]
+    k = len(np.asarray(counts))
+    if k < 2 or c.sum() <= 0:
+        return math.nan
+    p = c / c.sum()
+    return float(math.exp(-np.sum(p * np.log(p))) / k)
+
+
+def lr_exposure(view: RunView) -> float:
+    """Σ_t λ_t over every step of the run, from the per-epoch λ and step counts."""
+    lr = np.where(np.isfinite(view.lr), view.lr, 0.0)
+    return float(np.sum(lr * view.steps))
+
+
+def update_ratio(view: RunView) -> float:
+    """TheDeepChecker's update ratio log10(mean per-step ‖Δθ‖ / ‖θ‖) over the late epochs.
+
+    Below −4 the weights barely move; above −1 they are rewritten every step.
+    """
+    start = late_start(view.n)
+    per_step = view.path_length[start:] / view.steps[start:]
+    w = view.weight_norm[start:]
+    ok = np.isfinite(per_step) & np.isfinite(w) & (w > 0) & (per_step > 0)
+    if not ok.any():
+        return math.nan
+    return float(np.log10(np.mean(per_step[ok] / w[ok])))
