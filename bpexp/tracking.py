@@ -26,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
@@ -121,16 +122,30 @@ class Tracker(ABC):
         """Open a run (nested under ``parent_run_id`` if given). Returns its id."""
 
     @abstractmethod
+    def log_batch(
+        self,
+        run_id: str,
+        *,
+        metrics: Iterable[tuple[str, float, int]] = (),
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record metrics (``(key, value, step)`` triples), params and tags in as few requests as the backend allows.
+
+        A param logged twice must keep its value; tags may be overwritten.
+        """
+
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Record params; a key logged twice must keep the same value."""
+        self.log_batch(run_id, params=params)
 
-    @abstractmethod
     def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
-        """Record ``(key, value, step)`` triples, in as few requests as the backend allows."""
+        """Record ``(key, value, step)`` triples."""
+        self.log_batch(run_id, metrics=metrics)
 
-    @abstractmethod
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) tags."""
+        self.log_batch(run_id, tags=tags)
 
     @abstractmethod
     def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
@@ -176,15 +191,16 @@ class NoOpTracker(Tracker):
     def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
         return "noop-" + "".join(random.choices("0123456789abcdef", k=16))
 
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        return None
-
-    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
+    def log_batch(
+        self,
+        run_id: str,
+        *,
+        metrics: Iterable[tuple[str, float, int]] = (),
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
         for _ in metrics:  # consume generators like a real tracker would
             pass
-
-    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        return None
 
     def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
         return None
@@ -338,6 +354,12 @@ def _quiet_mlflow_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _no_telemetry() -> None:
+    # MLflow 3 sends usage telemetry to an outside host from a background thread
+    # (mlflow/telemetry); bpexp's runs stay local unless the user opts in.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
 def _limit_http_retries() -> None:
     # MLflow retries a failed HTTP request 7 times with backoff factor 2 and waits 120 s
     # per request (mlflow/environment_variables.py). A server that goes away mid-sweep
@@ -368,6 +390,7 @@ class MlflowTracker(Tracker):
         if self._client is None:
             _quiet_mlflow_logs()
             _limit_http_retries()
+            _no_telemetry()
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.uri)
@@ -425,6 +448,9 @@ class MlflowTracker(Tracker):
             raise
         except Exception as exc:
             raise ServiceError(f"tracking store {_redact(self.uri)}: {_first_line(exc)}") from None
+        db = sqlite_path(self.uri)
+        if db is not None:
+            _use_wal(db)
 
     def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
         all_tags = {TAG_VERSION: __version__, **{k: _tag_value(v) for k, v in (tags or {}).items()}}
@@ -436,27 +462,27 @@ class MlflowTracker(Tracker):
         )
         return run.info.run_id
 
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
-        for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
-            self._call(lambda chunk=chunk: self.client.log_batch(run_id, params=chunk, synchronous=True), "logging params")
-
-    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
-        from mlflow.entities import Metric
+    def log_batch(
+        self,
+        run_id: str,
+        *,
+        metrics: Iterable[tuple[str, float, int]] = (),
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        items = [Metric(str(k), float(v) if v is not None else math.nan, now, int(step)) for k, v, step in metrics]
-        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
-            self._call(lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk, synchronous=True), "logging metrics")
-
-    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(str(k), _tag_value(v)) for k, v in tags.items()]
-        for chunk in _chunks(items, MAX_TAGS_PER_BATCH):
-            self._call(lambda chunk=chunk: self.client.log_batch(run_id, tags=chunk, synchronous=True), "setting tags")
+        metric_items = [Metric(str(k), float(v) if v is not None else math.nan, now, int(step)) for k, v, step in metrics]
+        param_items = [Param(str(k), _param_value(v)) for k, v in (params or {}).items()]
+        tag_items = [RunTag(str(k), _tag_value(v)) for k, v in (tags or {}).items()]
+        for m, p, t in batch_slices(len(metric_items), len(param_items), len(tag_items)):
+            self._call(
+                lambda m=m, p=p, t=t: self.client.log_batch(
+                    run_id, metrics=metric_items[m], params=param_items[p], tags=tag_items[t], synchronous=True
+                ),
+                "logging metrics, params and tags",
+            )
 
     def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
         self._call(lambda: self.client.log_artifacts(run_id, str(local_dir)), "uploading artifacts")
@@ -507,6 +533,22 @@ class MlflowTracker(Tracker):
         return f"{base}/runs/{run_id}" if run_id else f"{base}/runs"
 
 
+def _use_wal(db: Path) -> None:
+    """Switch a SQLite tracking file to write-ahead logging (kept in the file).
+
+    In WAL mode readers never block the writer and a commit appends to the log
+    instead of rewriting pages (https://sqlite.org/wal.html), so sweep workers
+    sharing the file wait less on each other.
+    """
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass  # a file system without shared memory keeps the rollback journal; that still works
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(
@@ -525,9 +567,24 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
 
 
-def _chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def batch_slices(n_metrics: int, n_params: int, n_tags: int) -> list[tuple[slice, slice, slice]]:
+    """Split metrics, params and tags into requests within MLflow's limits, fewest requests first.
+
+    Each request holds at most 1000 metrics, 100 params, 100 tags and 1000 items in all;
+    params and tags go first, metrics fill the remaining room.
+
+    Returns:
+        One ``(metrics, params, tags)`` triple of slices per request; none when all counts are 0.
+    """
+    out = []
+    m = p = t = 0
+    while m < n_metrics or p < n_params or t < n_tags:
+        dp = min(MAX_PARAMS_PER_BATCH, n_params - p)
+        dt = min(MAX_TAGS_PER_BATCH, n_tags - t)
+        dm = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - dp - dt, n_metrics - m)
+        out.append((slice(m, m + dm), slice(p, p + dp), slice(t, t + dt)))
+        m, p, t = m + dm, p + dp, t + dt
+    return out
 
 
 def _param_value(value: Any) -> str:
@@ -604,16 +661,21 @@ class EpochLogger:
         if time.monotonic() - self._last >= self.flush_seconds:
             self.flush()
 
-    def flush(self, history: "History | None" = None) -> None:
-        """Send every epoch not yet sent."""
+    def take(self, history: "History | None" = None) -> list[tuple[str, float, int]]:
+        """The epochs not yet sent, as metric rows, now counted as sent (the caller sends them)."""
         history = history if history is not None else self._history
         if history is None:
-            return
+            return []
         rows = epoch_metrics(history, self._sent)
-        if rows:
-            self.tracker.log_metrics(self.run_id, rows)
         self._sent = len(history.epoch)
         self._last = time.monotonic()
+        return rows
+
+    def flush(self, history: "History | None" = None) -> None:
+        """Send every epoch not yet sent."""
+        rows = self.take(history)
+        if rows:
+            self.tracker.log_metrics(self.run_id, rows)
 
 
 def findings_tags(findings: Sequence[Any]) -> dict[str, str]:
@@ -759,24 +821,26 @@ def log_result(
     result: "TrainResult",
     findings: Sequence[Any] = (),
     *,
-    log_params: bool = True,
+    params: Mapping[str, Any] | None = None,
+    metrics: Sequence[tuple[str, float, int]] = (),
+    tags: Mapping[str, Any] | None = None,
     curves: bool = True,
     logger: EpochLogger | None = None,
 ) -> None:
-    """Record a finished training run: params, per-epoch and final metrics, tags, artifacts.
+    """Record a finished training run in one batch (chunked only past MLflow's limits) plus its artifacts.
 
-    ``logger`` (the run's :class:`EpochLogger`, if it sent epochs during training)
-    avoids sending those epochs twice.
+    Params: the flattened config and ``params``; metrics: the epochs not yet sent by
+    ``logger`` (the run's :class:`EpochLogger`, if any), the final metrics and
+    ``metrics``; tags: :func:`run_tags` and ``tags``; artifacts: history.json,
+    weights.npz, diagnosis.json and (``curves``) curves.png.
     """
-    if log_params:
-        tracker.log_params(run_id, config_params(result.config))
-    if logger is not None:
-        logger.flush(result.history)
-        rows = []
-    else:
-        rows = epoch_metrics(result.history)
-    tracker.log_metrics(run_id, rows + final_metrics(result))
-    tracker.set_tags(run_id, run_tags(result, findings))
+    rows = logger.take(result.history) if logger is not None else epoch_metrics(result.history)
+    tracker.log_batch(
+        run_id,
+        metrics=rows + final_metrics(result) + list(metrics),
+        params={**config_params(result.config), **(params or {})},
+        tags={**run_tags(result, findings), **(tags or {})},
+    )
     if tracker.uri is None:
         return  # nothing stores artifacts: skip drawing them
     with tempfile.TemporaryDirectory(prefix="bpexp-artifacts-") as tmp:

@@ -59,6 +59,9 @@ def _mlflow_template_db(tmp_path_factory):
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no traffic beyond 127.0.0.1
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return path
@@ -121,7 +124,7 @@ def mlflow_server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server",

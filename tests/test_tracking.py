@@ -27,7 +27,7 @@ from bpexp.tracking import (
     MlflowTracker,
     NoOpTracker,
     Tracker,
-    _chunks,
+    batch_slices,
     findings_tags,
     load_weights,
     make_tracker,
@@ -220,14 +220,29 @@ def test_metrics_go_in_batches_of_at_most_1000(mlflow_sqlite_uri, monkeypatch):
     tracker.log_params(run_id, {f"p{i}": i for i in range(250)})
     tracker.set_tags(run_id, {f"t{i}": i for i in range(101)})
     assert calls == [(1000, 0, 0), (1000, 0, 0), (501, 0, 0), (0, 100, 0), (0, 100, 0), (0, 50, 0), (0, 0, 100), (0, 0, 1)]
+    calls.clear()
+    tracker.log_batch(run_id, metrics=[("x", 1.0, i) for i in range(950)], params={"a": 1}, tags={"b": 2})
+    assert calls == [(950, 1, 1)]  # one request when everything fits
 
 
-@given(n=st.integers(0, 3000), size=st.sampled_from([1, 100, MAX_METRICS_PER_BATCH]))
-def test_chunks_keep_every_item_once_in_order(n, size):
-    items = list(range(n))
-    chunks = list(_chunks(items, size))
-    assert all(0 < len(c) <= size for c in chunks)
-    assert [x for c in chunks for x in c] == items
+@given(st.integers(0, 3000), st.integers(0, 350), st.integers(0, 350))
+def test_batch_slices_cover_everything_within_limits(n_metrics, n_params, n_tags):
+    slices = batch_slices(n_metrics, n_params, n_tags)
+    for kind, n in zip(range(3), (n_metrics, n_params, n_tags)):
+        covered = [i for triple in slices for i in range(n)[triple[kind]]]
+        assert covered == list(range(n))  # every item once, in order
+    for m, p, t in slices:
+        sizes = (m.stop - m.start, p.stop - p.start, t.stop - t.start)
+        assert sizes[0] <= 1000 and sizes[1] <= 100 and sizes[2] <= 100 and sum(sizes) <= 1000
+        assert sum(sizes) > 0
+    def ceil(a, b):
+        return -(-a // b)
+
+    # at least what the tightest limit needs; at most what 800 metrics per request need
+    # (params and tags take at most 200 of a request's 1000 items)
+    lower = max(ceil(n_metrics, 1000), ceil(n_params, 100), ceil(n_tags, 100), ceil(n_metrics + n_params + n_tags, 1000))
+    upper = max(ceil(n_params, 100), ceil(n_tags, 100), ceil(n_metrics, 800))
+    assert lower <= len(slices) <= upper
 
 
 @given(st.lists(st.sampled_from(["overfitting", "lr_too_high", "flat_minimum"]), max_size=5))

@@ -73,9 +73,17 @@ def _register() -> None:
 
     cli.add_command(clr_cmd.clr_command)
 
+    from bpexp.cli import sweep_cmd
+
+    cli.add_command(sweep_cmd.sweep_command)
+
     from bpexp.cli import ui_cmd
 
     cli.add_command(ui_cmd.ui_command)
+
+    from bpexp.cli import report_cmd
+
+    cli.add_command(report_cmd.report_command)
 
 
 _register()

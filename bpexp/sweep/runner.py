@@ -493,6 +493,9 @@ def _close_parent(
             # MLflow params are write-once: a study extended after an earlier finish keeps
             # its first best's params; the new best goes into tags instead.
             tracker.set_tags(parent_run_id, {f"best.{k}": v for k, v in params.items()})
+    if outcome.finished and spec.sweep.curves == "best":
+        for trial in outcome.best:
+            _draw_best_curves(tracker, trial, parent_run_id, f"{spec.study_name} trial {trial.number}")
     if interrupted:
         tracker.end_run(parent_run_id, "KILLED")
     elif outcome.finished:
@@ -500,3 +503,25 @@ def _close_parent(
     elif outcome.counts["RUNNING"] == 0:
         tracker.set_tags(parent_run_id, {"bpexp.error": f"stopped with {outcome.counts['FAIL']} failed trials"})
         tracker.end_run(parent_run_id, "FAILED")
+
+
+def _draw_best_curves(tracker: "Tracker", trial: TrialSummary, parent_run_id: str, title: str) -> None:
+    """Draw curves.png of a best trial from its history.json, into its own run and the parent's ``best_trial_<n>/``."""
+    from bpexp.tracking import draw_curves
+    from bpexp.train import History
+
+    if not trial.run_id:
+        return
+    with tempfile.TemporaryDirectory(prefix="bpexp-best-") as tmp:
+        try:
+            local = tracker.download_artifact(trial.run_id, "history.json", Path(tmp, "dl"))
+        except Exception:  # the run lives in another tracking store
+            return
+        if local is None:
+            return
+        history = History.from_dict(json.loads(Path(local).read_text()))
+        out = Path(tmp, "out", f"best_trial_{trial.number}")
+        out.mkdir(parents=True)
+        draw_curves(history, out / "curves.png", title)
+        tracker.log_artifacts(trial.run_id, out)
+        tracker.log_artifacts(parent_run_id, out.parent)

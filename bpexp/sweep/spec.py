@@ -153,6 +153,11 @@ class SweepSection(_Strict):
     target_accuracy: float | None = Field(default=None, description="iterations_to_target: the accuracy to reach, in (0, 1]")
     seed: int = Field(default=0, ge=0, description="sampler seed (each worker adds its own offset)")
     lr_find: AutoLr = Field(default_factory=AutoLr)
+    curves: Literal["best", "all", "none"] = Field(
+        default="best",
+        description="curves.png per trial run: only the best trial's (drawn at the end), every trial's, or none; "
+        "drawing costs far more than recording, and the MLflow UI plots every trial's metrics anyway",
+    )
     heartbeat_interval: int = Field(default=5, ge=1, description="RDB storage: seconds between a trial's heartbeats")
     grace_period: int = Field(default=20, ge=2, description="RDB storage: seconds without heartbeat before a trial is failed")
     space: dict[str, Any] = Field(min_length=1)

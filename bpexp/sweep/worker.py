@@ -249,7 +249,15 @@ def run_trial(
     """
     import optuna
 
-    from bpexp.tracking import TAG_ERROR, TAG_KIND, EpochLogger, diagnose_result, log_result, write_run_artifacts
+    from bpexp.tracking import (
+        TAG_ERROR,
+        TAG_KIND,
+        EpochLogger,
+        config_params,
+        diagnose_result,
+        log_result,
+        write_run_artifacts,
+    )
     from bpexp.train import train
 
     section = spec.sweep
@@ -274,20 +282,26 @@ def run_trial(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
+    config = None
     try:
         params = suggest_params(trial, spec, auto)
         config = trial_config(spec, params, number)
-        from bpexp.tracking import config_params
-
-        tracker.log_params(run_id, {**config_params(config), "trial_number": number})
         trial.set_user_attr(ATTR_CONFIG, config.model_dump(mode="json"))
         dataset = datasets.get(config)
         with _Heartbeat(study._storage, trial._trial_id):
             result = train(config, dataset, on_epoch=on_epoch)
         findings = diagnose_result(result)
-        log_result(tracker, run_id, result, findings, log_params=False, logger=logger)
         values = [objective_value(name, result, section.target_accuracy) for name in section.objective]
-        tracker.log_metrics(run_id, [(f"objective.{name}", v, result.epochs) for name, v in zip(section.objective, values) if math.isfinite(v)])
+        log_result(
+            tracker,
+            run_id,
+            result,
+            findings,
+            params={"trial_number": number},
+            metrics=[(f"objective.{n}", v, result.epochs) for n, v in zip(section.objective, values) if math.isfinite(v)],
+            curves=section.curves == "all",
+            logger=logger,
+        )
         diagnosis = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in findings]
         trial.set_user_attr(ATTR_STOP_REASON, result.stop_reason)
         trial.set_user_attr(ATTR_EPOCHS, result.epochs)
@@ -299,8 +313,12 @@ def run_trial(
     except optuna.TrialPruned:
         history = history_box.get("history")
         epochs = len(history.epoch) if history is not None else 0
-        logger.flush(history)
-        tracker.set_tags(run_id, {"bpexp.stop_reason": "pruned", "bpexp.pruned_at_epoch": epochs})
+        tracker.log_batch(
+            run_id,
+            metrics=logger.take(history) + [("epochs", float(epochs), epochs)],
+            params={**config_params(config), "trial_number": number},
+            tags={"bpexp.stop_reason": "pruned", "bpexp.pruned_at_epoch": epochs},
+        )
         if history is not None and tracker.uri is not None:
             import tempfile
 
@@ -317,9 +335,9 @@ def run_trial(
         raise
     except Exception as exc:  # the trial raised: record it, keep sweeping
         message = f"{type(exc).__name__}: {exc}"
-        tracker_tags = {TAG_ERROR: message}
         try:
-            tracker.set_tags(run_id, tracker_tags)
+            params = {**config_params(config), "trial_number": number} if config is not None else {"trial_number": number}
+            tracker.log_batch(run_id, params=params, tags={TAG_ERROR: message})
         except Exception:
             pass
         _fail(study, trial, tracker, run_id, message, status="FAILED")
