@@ -35,7 +35,7 @@ import numpy as np
 
 from bpexp import __version__
 from bpexp.config import flatten
-from bpexp.errors import ServiceError
+from bpexp.errors import ConfigError, ServiceError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from bpexp.train import History, TrainResult
@@ -70,6 +70,10 @@ TAG_VERSION = "bpexp.version"
 TAG_ERROR = "bpexp.error"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+#: A JSON object of tags added to every run an MlflowTracker starts in this process and
+#: its sweep workers (they inherit the environment); tags given to start_run win. A batch
+#: sets it so that every run it causes names the batch and the batch's own run.
+RUN_TAGS_ENV = "BPEXP_RUN_TAGS"
 
 _T = TypeVar("_T")
 
@@ -213,6 +217,24 @@ class NoOpTracker(Tracker):
 
     def read_run(self, run_id: str) -> RunRecord | None:
         return None
+
+
+def env_run_tags() -> dict[str, Any]:
+    """The tags in ``$BPEXP_RUN_TAGS`` (see :data:`RUN_TAGS_ENV`); {} when it is unset or empty.
+
+    Raises:
+        ConfigError: when it is set but is not a JSON object.
+    """
+    text = os.environ.get(RUN_TAGS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        tags = json.loads(text)
+    except ValueError:
+        tags = None
+    if not isinstance(tags, dict):
+        raise ConfigError(f"${RUN_TAGS_ENV} must be a JSON object of tags, e.g. '{{\"team\": \"vision\"}}'; got {text[:80]!r}")
+    return tags
 
 
 def _check_status(status: str) -> None:
@@ -453,7 +475,8 @@ class MlflowTracker(Tracker):
             _use_wal(db)
 
     def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
-        all_tags = {TAG_VERSION: __version__, **{k: _tag_value(v) for k, v in (tags or {}).items()}}
+        extra = {k: _tag_value(v) for k, v in {**env_run_tags(), **(tags or {})}.items()}
+        all_tags = {TAG_VERSION: __version__, **extra}
         if parent_run_id is not None:
             all_tags[TAG_PARENT] = parent_run_id
         experiment_id = self.experiment_id
