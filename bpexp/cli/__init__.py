@@ -81,6 +81,10 @@ def _register() -> None:
 
     cli.add_command(ui_cmd.ui_command)
 
+    from bpexp.cli import report_cmd
+
+    cli.add_command(report_cmd.report_command)
+
 
 _register()
 

@@ -127,3 +127,77 @@ def log_report(files: ReportFiles, tracker: Any, run_id: str) -> str:
         tracker.log_artifacts(run_id, tmp)
     files.artifact_uri = f"runs:/{run_id}/{ARTIFACT_DIR}"
     return ARTIFACT_DIR
+
+
+def make_report(
+    study: str | None = None,
+    *,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    out_dir: str | Path | None = None,
+    log: bool = True,
+) -> ReportFiles:
+    """Load a sweep (or one run), write its report, and log it on the sweep's parent run (or the run).
+
+    Give one of ``study`` (an Optuna study name, in ``storage``), ``run_id`` (one
+    MLflow run) or ``experiment`` alone (the latest sweep recorded in that MLflow
+    experiment).
+
+    Returns:
+        The files written; ``artifact_uri`` is set when they were logged.
+
+    Raises:
+        ConfigError: for an unknown study, run or experiment, or none / several of them given.
+        ServiceError: when the study storage or the tracking store cannot be reached.
+    """
+    from bpexp.errors import ConfigError
+    from bpexp.report import load
+
+    given = [name for name, value in (("STUDY", study), ("--run", run_id)) if value]
+    if len(given) > 1:
+        raise ConfigError("give a STUDY or --run RUN_ID, not both")
+    if run_id:
+        sweep = load.load_run(run_id, tracking_uri)
+        target = run_id
+    else:
+        if not study and not experiment:
+            raise ConfigError("give a STUDY name, --run RUN_ID, or --experiment NAME (its latest sweep)")
+        sweep = load.load_sweep(study, storage=storage, tracking_uri=tracking_uri, experiment=experiment)
+        target = sweep.parent_run_id
+    files = write_report(sweep, out_dir)
+    if log and target and sweep.tracking_uri:
+        from bpexp.tracking import make_tracker
+
+        log_report(files, make_tracker(sweep.tracking_uri, experiment), target)
+    return files
+
+
+def report_after_sweep(outcome: Any) -> ReportFiles | None:
+    """The hook ``bpexp sweep`` runs at its end: write the sweep's report and log it on the parent run.
+
+    The files' paths go into ``outcome.extras["report"]`` (so ``--json`` shows them). A
+    report that cannot be written never fails the sweep, whose results are stored
+    already: the reason goes to stderr and into ``outcome.extras["report_error"]``.
+
+    Returns:
+        The files written, or None when the report failed.
+    """
+    import sys
+
+    try:
+        files = make_report(
+            outcome.study_name,
+            storage=outcome.storage,
+            tracking_uri=outcome.tracking_uri,
+            log=outcome.tracking_uri is not None,
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure here is reported, the sweep stands
+        message = f"{type(exc).__name__}: {exc}"
+        print(f"bpexp: warning: the sweep's report was not written ({message})", file=sys.stderr)
+        outcome.extras["report_error"] = message
+        return None
+    outcome.extras["report"] = files.to_json()
+    return files
+

@@ -512,8 +512,10 @@ class StopData:
     sentence: str
 
 
-# More distinct thresholds than this are binned (a sweep that samples stop_loss from
-# a range gives every trial its own value); STOP_BINS log-spaced bins then.
+# Thresholds are binned when there are more distinct ones than MAX_STOP_LEVELS, or
+# when they average fewer than two trials each (a sweep that samples stop_loss from
+# a range gives every trial its own value): into √n log-spaced bins, between 3 and
+# STOP_BINS (the square-root choice of histogram bins).
 MAX_STOP_LEVELS = 10
 STOP_BINS = 8
 
@@ -521,19 +523,21 @@ STOP_BINS = 8
 def _stop_groups(points: list[StopPoint]) -> tuple[list[tuple[float | None, float | None, float | None, list[StopPoint]]], bool]:
     """Points grouped by threshold, loosest first, "none" last: (centre, lo, hi, points)."""
     numeric = sorted({p.stop_loss for p in points if p.stop_loss is not None}, reverse=True)
+    with_threshold = [p for p in points if p.stop_loss is not None]
     groups: list[tuple[float | None, float | None, float | None, list[StopPoint]]] = []
-    binned = len(numeric) > MAX_STOP_LEVELS
+    binned = len(numeric) > MAX_STOP_LEVELS or (len(numeric) > 4 and len(with_threshold) < 2 * len(numeric))
     if not binned:
         for value in numeric:
             groups.append((value, value, value, [p for p in points if p.stop_loss == value]))
     else:
+        bins = max(3, min(STOP_BINS, round(math.sqrt(len(with_threshold)))))
         low, high = math.log10(numeric[-1]), math.log10(numeric[0])
-        width = (high - low) / STOP_BINS
-        for k in reversed(range(STOP_BINS)):
+        width = (high - low) / bins
+        for k in reversed(range(bins)):
             a, b = low + k * width, low + (k + 1) * width
             members = [
-                p for p in points
-                if p.stop_loss is not None and a <= math.log10(p.stop_loss) and (math.log10(p.stop_loss) < b or k == STOP_BINS - 1)
+                p for p in with_threshold
+                if a <= math.log10(p.stop_loss) and (math.log10(p.stop_loss) < b or k == bins - 1)
             ]
             if members:
                 groups.append((10 ** ((a + b) / 2), 10**a, 10**b, members))
@@ -974,21 +978,30 @@ class Recommendation:
 def recommendation(sweep: SweepRecord) -> Recommendation | None:
     """The best healthy completed trial's config (the best completed one when none is healthy).
 
-    Returns None when no completed trial has a value. The config validates with
+    Returns None when no completed trial has a value (or none has a config that still
+    validates; a better trial passed over is named in the sentence). The config validates with
     :func:`bpexp.config.config_from_dict`; it is the trial's own resolved config,
     renamed after the study.
     """
     from bpexp.config import config_from_dict
+    from bpexp.errors import ConfigError
 
     done = completed(sweep)
     healthy = best_trials([t for t in done if trial_outcome(t) == HEALTHY], sweep.direction)
     candidates = healthy or best_trials([t for t in done if t.stop_reason != DIVERGED], sweep.direction)
     if not candidates:
         return None
-    best = candidates[0]
-    raw = dict(best.config) if best.config else unflatten(best.params)
-    raw["name"] = f"{sweep.study_name}-best"
-    config = config_from_dict(raw, source=f"trial {best.number}").model_dump(mode="json")
+    skipped = []
+    for best in candidates:
+        raw = dict(best.config) if best.config else unflatten(best.params)
+        raw["name"] = f"{sweep.study_name}-best"
+        try:
+            config = config_from_dict(raw, source=f"trial {best.number}").model_dump(mode="json")
+            break
+        except ConfigError as exc:  # recorded by another bpexp version: say so, take the next best
+            skipped.append(f"{exc}")
+    else:
+        return None
     steps = _next_steps(sweep, best, done)
     sentence = (
         f"Trial {best.number} is the best {'healthy ' if healthy else ''}trial ({sweep.objective} = "
@@ -998,6 +1011,8 @@ def recommendation(sweep: SweepRecord) -> Recommendation | None:
     )
     if not healthy:
         sentence += " No trial was free of findings, so take it as a starting point, not an answer."
+    if skipped:
+        sentence += f" Better trials' configs no longer validate and were passed over ({'; '.join(skipped[:2])})."
     return Recommendation(best.number, best.value, sweep.objective, config, bool(healthy), steps, sentence)
 
 

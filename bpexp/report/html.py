@@ -38,6 +38,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _threshold(level: Any, binned: bool) -> str:
+    """A stop level's label: ``none``, its value, or its bin ``lo–hi``."""
+    if level.stop_loss is None:
+        return "none"
+    if binned:
+        return f"{level.lo:.3g}–{level.hi:.3g}"
+    return f"{level.stop_loss:.3g}"
+
+
 def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -54,7 +63,7 @@ def _env(autoescape: bool):
     )
     from bpexp.report.figures import color_of
 
-    env.globals.update(fmt=_fmt, color=color_of, md=_md_cell)
+    env.globals.update(fmt=_fmt, color=color_of, md=_md_cell, threshold=_threshold)
     return env
 
 
