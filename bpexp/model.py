@@ -48,15 +48,16 @@ def _softmax_loss(logits: np.ndarray, probs_out: np.ndarray, entries: tuple) -> 
     pt = probs_out.T  # (K, B)
     np.copyto(pt, logits.T)
     # log-sum-exp with the max taken out: log Σ e^{z_k} = m + log Σ e^{z_k − m}
-    pt -= pt.max(axis=0)  # (K, B), each sample's max is now 0
+    # (the ufuncs' reduce, not ndarray.max/sum: those add a Python wrapper, 1 µs a call)
+    pt -= np.maximum.reduce(pt, axis=0)  # (K, B), each sample's max is now 0
     flat, at = entries
     picked = flat[at]  # z_y − m, (B,)
     np.exp(pt, out=pt)
-    sums = pt.sum(axis=0)  # (B,) ≥ 1, so the log is safe
+    sums = np.add.reduce(pt, axis=0)  # (B,) ≥ 1, so the log is safe
     pt /= sums
     np.log(sums, out=sums)
     sums -= picked  # −log ŷ_y = log Σ e^{z_k − m} − (z_y − m), per sample
-    return float(sums.sum(dtype=np.float64)) / len(sums)
+    return float(np.add.reduce(sums, dtype=np.float64)) / len(sums)
 
 
 def _softmax_grad_(probs: np.ndarray, entries: tuple) -> np.ndarray:
@@ -76,11 +77,16 @@ def _label_entries(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """
     n, k = a.shape
     y = y.astype(np.intp, copy=False)  # a small label dtype would overflow in y·B
+    rows = _ROWS[:n] if n <= len(_ROWS) else np.arange(n)
     if a.T.flags.c_contiguous:  # class-major: entry (i, c) sits at c·B + i
-        return a.T.reshape(-1), y * n + np.arange(n)
+        return a.T.reshape(-1), y * n + rows
     if a.flags.c_contiguous:  # row-major: entry (i, c) sits at i·K + c
-        return a.reshape(-1), np.arange(n) * k + y
-    return a, (np.arange(n), y)
+        return a.reshape(-1), rows * k + y
+    return a, (rows, y)
+
+
+_ROWS = np.arange(4096)  # row numbers for batches and evaluation chunks, shared read-only
+_ROWS.flags.writeable = False
 
 
 class Model(ABC):
@@ -141,6 +147,17 @@ class Model(ABC):
         view = block[:size].reshape(shape)
         self._views[(name, shape)] = view
         return view
+
+    def _packed(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Copies of ``arrays`` laid end to end in one contiguous block, as views of it."""
+        block = np.empty(sum(a.size for a in arrays), dtype=self.dtype)
+        views, start = [], 0
+        for a in arrays:
+            view = block[start : start + a.size].reshape(a.shape)
+            view[...] = a
+            views.append(view)
+            start += a.size
+        return views
 
     def evaluate(self, X: np.ndarray, y: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
         """Mean cross-entropy and accuracy on (X, y), dropout off.
@@ -310,10 +327,19 @@ class MLP(Model):
                 W[-1] = 0.0  # the bias row of the first layer starts at zero
             self.W.append(W)
             self.b.append(None if i == 0 else np.zeros(fan_out, dtype=self.dtype))
-        self.dW = [np.zeros_like(W) for W in self.W]
-        self.db = [None if b is None else np.zeros_like(b) for b in self.b]
-        self.params = [p for pair in zip(self.W, self.b) for p in pair if p is not None]
-        self.grads = [g for pair in zip(self.dW, self.db) for g in pair if g is not None]
+        # every parameter in one block and every gradient in another, in the same order,
+        # so that an optimiser updates them all in one pass (see bpexp.optim)
+        self.params = self._packed([p for pair in zip(self.W, self.b) for p in pair if p is not None])
+        self.grads = self._packed([np.zeros_like(p) for p in self.params])
+        ps, gs = iter(self.params), iter(self.grads)  # the per-layer lists view the same memory
+        layers = range(len(self.W))
+        self.W, self.dW, self.b, self.db = [], [], [], []
+        for i in layers:
+            self.W.append(next(ps))
+            self.dW.append(next(gs))
+            self.b.append(None if i == 0 else next(ps))
+            self.db.append(None if i == 0 else next(gs))
+        self._names = [(f"a{i}", f"u{i}", f"d{i}") for i in range(len(self.W))]  # buffer names per layer
 
     @property
     def param_names(self) -> list[str]:
@@ -347,11 +373,11 @@ class MLP(Model):
         acts = [X]  # acts[i] is the input of layer i
         a = X
         for i in range(last):
-            a = self._dense(a, i, f"a{i}")  # (B, H_i)
+            a = self._dense(a, i, self._names[i][0])  # (B, H_i)
             np.maximum(a, 0, out=a)  # ReLU: a = max(z, 0)
             if self.dropout > 0.0 and rng is not None:
                 # inverted dropout: zero a unit with probability p, scale the rest by 1/(1−p)
-                u = self._buffer(f"u{i}", a.shape)
+                u = self._buffer(self._names[i][1], a.shape)
                 rng.random(out=u, dtype=u.dtype)  # float32 models draw float32 uniforms
                 np.greater_equal(u, self.dtype.type(self.dropout), out=u)  # the keep mask, as 0/1
                 a *= u
@@ -367,10 +393,10 @@ class MLP(Model):
             a_in = acts[i]
             np.matmul(a_in.T, d, out=self.dW[i])  # (in, B) @ (B, out) -> (in, out)
             if self.db[i] is not None:
-                np.sum(d, axis=0, out=self.db[i])  # (out,)
+                np.add.reduce(d, axis=0, out=self.db[i])  # Σ over the batch, (out,)
             if i == 0:
                 break
-            d_in = self._buffer(f"d{i}", a_in.shape)
+            d_in = self._buffer(self._names[i][2], a_in.shape)
             np.matmul(d, self.W[i].T, out=d_in)  # (B, out) @ (out, in) -> (B, in)
             # through ReLU and dropout: a = relu(z)·m/(1−p), so da/dz = [a > 0]/(1−p)
             d_in *= a_in > 0

@@ -10,6 +10,7 @@ reader can compare runs one to one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from itertools import chain
 
 import numpy as np
 
@@ -19,8 +20,45 @@ def _sq(a: np.ndarray) -> float:
     return float(np.dot(flat, flat))
 
 
+def _block(arrays: list[np.ndarray]) -> np.ndarray | None:
+    """The 1-D array that ``arrays`` (C-contiguous views of one buffer) cover end to end, in order; else None."""
+    first = arrays[0]
+    owner = first if first.base is None else first.base
+    if not isinstance(owner, np.ndarray) or owner.dtype != first.dtype or not owner.flags.c_contiguous:
+        return None
+    start = first.__array_interface__["data"][0]
+    end = start
+    for a in arrays:
+        if not a.flags.c_contiguous or (a is not owner and a.base is not owner) or a.__array_interface__["data"][0] != end:
+            return None
+        end += a.nbytes
+    offset = (start - owner.__array_interface__["data"][0]) // owner.itemsize
+    return owner.reshape(-1)[offset : offset + (end - start) // owner.itemsize]
+
+
+def _zeros_like(params: list[np.ndarray]) -> list[np.ndarray]:
+    """Zero arrays shaped like ``params``, as views of one zeroed block (so state can be updated in one pass)."""
+    block = np.zeros(sum(p.size for p in params), dtype=params[0].dtype)
+    views, start = [], 0
+    for p in params:
+        views.append(block[start : start + p.size].reshape(p.shape))
+        start += p.size
+    return views
+
+
 class Optimizer(ABC):
-    """An update rule. The training loop calls :meth:`step` once per batch; ``reset`` forgets its state."""
+    """An update rule. The training loop calls :meth:`step` once per batch; ``reset`` forgets its state.
+
+    The models keep their parameters in one contiguous block and their gradients in
+    another (see :meth:`bpexp.model.Model._packed`); when the lists handed to
+    :meth:`step` tile such blocks in the same order, the rules update the whole block
+    at once: 3 numpy calls per step instead of 3 per parameter array, which matters
+    on small batches, where a step costs microseconds. Any other lists of arrays
+    take the per-array path, with the same formulas.
+    """
+
+    _seen: tuple | None = None  # (ids, lengths, arrays) of the lists last seen by _as_blocks
+    _flat: tuple[list[np.ndarray], ...] | None = None  # their blocks, or None
 
     @abstractmethod
     def step(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float) -> tuple[float, float]:
@@ -33,11 +71,29 @@ class Optimizer(ABC):
     def reset(self) -> None:
         """Forget the running state (velocities, moments, step count)."""
 
+    def _as_blocks(self, *lists: list[np.ndarray]) -> tuple[list[np.ndarray], ...]:
+        """``lists`` (params, grads, then any state) as one-array lists of their blocks, or as given.
+
+        Blocks are used when every list tiles one block, array by array with equal shapes.
+        The answer is cached for the same arrays; the cache keeps them alive, so their
+        ids cannot be reused by other arrays meanwhile.
+        """
+        ids = tuple(map(id, chain(*lists)))
+        seen = self._seen
+        if seen is None or seen[0] != ids or seen[1] != tuple(map(len, lists)):
+            first = lists[0]
+            alike = all(len(arrays) == len(first) and all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(arrays, first)) for arrays in lists)
+            blocks = [_block(arrays) for arrays in lists] if alike and first else []
+            self._seen = (ids, tuple(map(len, lists)), [list(arrays) for arrays in lists])
+            self._flat = tuple([b] for b in blocks) if blocks and all(b is not None for b in blocks) else None
+        return lists if self._flat is None else self._flat
+
 
 class SGD(Optimizer):
     """Plain gradient descent: θ ← θ − λ·g (online, minibatch or full batch by the caller's batches)."""
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float) -> tuple[float, float]:
+        params, grads = self._as_blocks(params, grads)
         g2 = 0.0
         for p, g in zip(params, grads):
             g2 += _sq(g)
@@ -61,9 +117,10 @@ class Momentum(Optimizer):
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float) -> tuple[float, float]:
         if self.velocity is None:
-            self.velocity = [np.zeros_like(p) for p in params]
+            self.velocity = _zeros_like(params)
+        params, grads, velocity = self._as_blocks(params, grads, self.velocity)
         g2 = u2 = 0.0
-        for p, g, v in zip(params, grads, self.velocity):
+        for p, g, v in zip(params, grads, velocity):
             mu = g.dtype.type(self.momentum)
             g2 += _sq(g)
             v *= mu
@@ -93,14 +150,15 @@ class Adam(Optimizer):
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float) -> tuple[float, float]:
         if self.m is None or self.v is None:
-            self.m = [np.zeros_like(p) for p in params]
-            self.v = [np.zeros_like(p) for p in params]
+            self.m = _zeros_like(params)
+            self.v = _zeros_like(params)
+        params, grads, moments1, moments2 = self._as_blocks(params, grads, self.m, self.v)
         self.t += 1
         # θ ← θ − α·m̂/(√v̂ + ε) with α = λ·√(1−β₂ᵗ)/(1−β₁ᵗ) folding both bias corrections
         bc1 = 1.0 - self.beta1**self.t
         bc2 = 1.0 - self.beta2**self.t
         g2 = u2 = 0.0
-        for p, g, m, v in zip(params, grads, self.m, self.v):
+        for p, g, m, v in zip(params, grads, moments1, moments2):
             dt = g.dtype.type
             g2 += _sq(g)
             m *= dt(self.beta1)
