@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -927,39 +928,6 @@ LR_FIND_SERIES = {
 }
 
 
-def draw_lr_find(payload: Mapping[str, Any], path: str | Path) -> Path:
-    """Save the range test's smoothed loss and accuracy against λ (log axis) as a PNG.
-
-    Returns:
-        The path written.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    def column(key: str) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in payload.get(key) or []], dtype=np.float64)
-
-    lrs, smoothed, accs = column("lrs"), column("smoothed"), column("accuracies")
-    figure = Figure(figsize=(6, 3), dpi=80, layout="constrained")
-    loss_ax = figure.subplots()
-    loss_ax.plot(lrs, smoothed[: len(lrs)], color="tab:blue")
-    loss_ax.set(xscale="log", xlabel="λ", ylabel="smoothed loss")
-    if len(accs) == len(lrs) and np.isfinite(accs).any():
-        acc_ax = loss_ax.twinx()
-        seen = np.isfinite(accs)
-        acc_ax.plot(lrs[seen], accs[seen], color="tab:orange")
-        acc_ax.set(ylabel="val accuracy", ylim=(0, 1.02))
-    for name, item in (payload.get("suggestions") or {}).items():
-        lr = item.get("lr") if isinstance(item, Mapping) else None
-        if name in ("base_lr", "max_lr") and lr:
-            loss_ax.axvline(lr, color="grey", linestyle="--", linewidth=1)
-            loss_ax.annotate(name, (lr, 0.98), xycoords=("data", "axes fraction"), fontsize="small", rotation=90, va="top")
-    figure.savefig(path)
-    return Path(path)
-
-
 def log_lr_find(
     tracker: Tracker,
     result: Any,
@@ -968,13 +936,15 @@ def log_lr_find(
     parent_run_id: str | None = None,
     name: str | None = None,
     tags: Mapping[str, Any] | None = None,
+    plot_path: str | Path | None = None,
 ) -> str:
     """Record a range test (``bpexp lr-find`` or a sweep's ``lr: auto``) as its own run.
 
-    Params: the config, flattened; metrics ``lr_find.loss``/``lr_find.accuracy``/
-    ``lr_find.lr`` per step when the result carries them; tags and params for each
-    suggestion (``suggestion.<name>`` = λ, tag ``bpexp.suggestion.<name>`` = reason);
-    the full result as ``lr_find.json``.
+    Params: the config, flattened, and ``suggestion.<name>`` = λ for each suggestion;
+    metrics ``lr_find.lr``, ``lr_find.loss``, ``lr_find.smoothed_loss`` and
+    ``lr_find.accuracy`` with step = iteration (accuracy where measured); tags
+    ``bpexp.suggestion.<name>`` = the reason; artifacts ``lr_find.json`` (the whole
+    result) and ``lr_find.png`` (``plot_path`` if the caller drew it, else drawn here).
 
     Returns:
         The run id.
@@ -1005,7 +975,12 @@ def log_lr_find(
         if tracker.uri is not None:
             with tempfile.TemporaryDirectory(prefix="bpexp-lrfind-") as tmp:
                 Path(tmp, "lr_find.json").write_text(json.dumps(payload, default=_json_default))
-                if payload.get("lrs"):
-                    draw_lr_find(payload, Path(tmp) / "lr_find.png")
+                figure = Path(tmp, "lr_find.png")
+                if plot_path is not None and Path(plot_path).is_file():
+                    shutil.copyfile(plot_path, figure)  # the figure the command already drew
+                elif payload.get("lrs"):
+                    from bpexp.lr_find import plot
+
+                    plot(result, figure)
                 tracker.log_artifacts(run_id, tmp)
     return run_id

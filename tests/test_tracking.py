@@ -356,3 +356,30 @@ def test_experiment_name_comes_from_the_spec(tmp_path, monkeypatch, mlflow_sqlit
     tracker = MlflowTracker(mlflow_sqlite_uri, "from-spec")
     assert tracker.read_run(json.loads(result.stdout)["run_id"]).status == "FINISHED"
     assert not math.isnan(float(tracker.experiment_id))
+
+
+# ------------------------------------------------------------------- bpexp lr-find
+
+
+def test_lr_find_is_logged_as_its_own_run(tmp_path, monkeypatch, mlflow_sqlite_uri):
+    monkeypatch.chdir(tmp_path)
+    from bpexp.cli import cli
+
+    result = CliRunner().invoke(
+        cli,
+        ["lr-find", "--dataset", "iris", "--iterations", "60", "--no-plot", "--tracking-uri", mlflow_sqlite_uri,
+         "--experiment", "lrf", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    record = MlflowTracker(mlflow_sqlite_uri, "lrf").read_run(payload["run_id"])
+    assert record.status == "FINISHED"
+    assert record.tags["bpexp.kind"] == "lr_find"
+    steps = [s for s, _ in record.metrics["lr_find.lr"]]
+    assert steps == list(range(payload["iterations"]))
+    assert [v for _, v in record.metrics["lr_find.lr"]] == pytest.approx([v for v in payload["lrs"]])
+    for name, suggestion in payload["suggestions"].items():
+        if suggestion["lr"] is not None:
+            assert float(record.params[f"suggestion.{name}"]) == pytest.approx(suggestion["lr"])
+            assert record.tags[f"bpexp.suggestion.{name}"] == suggestion["reason"]
+    assert {"lr_find.json", "lr_find.png"} <= set(record.artifacts)

@@ -8,6 +8,7 @@ import click
 
 from bpexp.cli.options import config_from_options, spec_options
 from bpexp.cli.progress import DelayedProgress
+from bpexp.cli.tracking_options import tracker_from_options, tracking_options
 
 
 @click.command("lr-find")
@@ -32,6 +33,7 @@ from bpexp.cli.progress import DelayedProgress
     help="Write the loss and accuracy against λ here (PNG).",
 )
 @click.option("--no-plot", is_flag=True, help="Do not write the figure.")
+@tracking_options
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
 def lrfind_command(
     spec: str | None,
@@ -44,6 +46,9 @@ def lrfind_command(
     plot_path: str,
     no_plot: bool,
     as_json: bool,
+    tracking_uri: str | None,
+    experiment: str | None,
+    no_track: bool,
     **flags,
 ) -> None:
     """Run the LR range test: one run with λ rising, then suggest bounds for λ.
@@ -74,6 +79,7 @@ def lrfind_command(
         max(iterations or 0, lr_find.FEWEST_ITERATIONS),
         mode,
     )
+    tracker = tracker_from_options(tracking_uri, experiment, no_track, config)  # fails fast, before the test
     dataset = load_dataset(config.data, config.seed, dtype=config.model.dtype)
     kwargs = {
         "start_lr": lr_find.DEFAULT_START_LR if start_lr is None else start_lr,
@@ -92,6 +98,10 @@ def lrfind_command(
     written = None if no_plot else str(lr_find.plot(result, plot_path))
     payload = result.to_dict()
     payload["plot"] = written
+    if tracker.uri is not None:
+        from bpexp.tracking import log_lr_find
+
+        payload["run_id"] = log_lr_find(tracker, result, config, name=f"{config.name}-lr-find", plot_path=written)
     if as_json:
         click.echo(json.dumps(payload, allow_nan=False))
         return
