@@ -22,7 +22,6 @@ from bpexp.diagnose.signals import (
     MIN_LATE_POINTS,
     RunView,
     first_of_final_run,
-    generalization_loss,
     label_perplexity,
     late_start,
     level,
@@ -31,6 +30,7 @@ from bpexp.diagnose.signals import (
     tail_share,
     trend_t,
     update_ratio,
+    window_divergence,
 )
 
 # ------------------------------------------------------------------ thresholds
@@ -48,6 +48,10 @@ are dying out: a stable optimum approached with λ·λ_max between 1 and 2 (|1 �
 LOSS_REF_FLOOR = 0.01
 """Relative sizes are taken against the late loss level, but never against less than 1 % of the
 initial loss: a loss near 0 (separable data) makes any wobble look huge in relative terms."""
+JUMP_FLOOR = 0.1
+"""TheDeepChecker's window rule (loss ≥ 2× its minimum of the last 5 epochs) also counts as a
+sign of instability when the jump is ≥ 10 % of the initial loss (calibrated: minibatch noise
+on a loss near 0 doubles it by amounts far below that)."""
 UNSTABLE = 1.0
 """λ·λ_max / limit > 1: the optimum is unstable (limit 2 for SGD, see physics.stability_limit)."""
 MIN_EFOLDS = 3.0
@@ -105,8 +109,8 @@ TWIN_RATIO = 0.8
 the order cost more than the entire budget. A run that starts slower but catches up (sorted
 digits in batches of 8) is not a failure."""
 SHORT_RUN = 5
-"""History-only findings of runs shorter than this many epochs get their confidence scaled by
-epochs/5: one epoch says little about a trend."""
+"""Findings of runs shorter than this many epochs get their confidence scaled by epochs/5: one
+epoch says little about a trend, so a one-epoch run only ever gets low-confidence findings."""
 
 Detector = Callable[[RunView, "RunPhysics | None", dict], "Finding | None"]
 
@@ -121,8 +125,9 @@ def _conf(base: float, strength: float, top: float = 0.97) -> float:
     return float(min(top, base + (top - base) * (1.0 - math.exp(-strength))))
 
 
-def _short(view: RunView, confidence: float, physical: bool) -> float:
-    if physical or view.n >= SHORT_RUN:
+def _short(view: RunView, confidence: float) -> float:
+    """Scale the confidence of a run shorter than :data:`SHORT_RUN` epochs by epochs/5."""
+    if view.n >= SHORT_RUN:
         return confidence
     return confidence * max(view.n, 0) / SHORT_RUN
 
@@ -226,14 +231,15 @@ def lr_too_high(view: RunView, phys: RunPhysics | None, found: dict) -> Finding 
         reason = f"λ·λ_max = {adv.fmt(evidence['stability_ratio'] * limit)} > {adv.fmt(limit)}, " if "stability_ratio" in evidence and evidence["stability_ratio"] > UNSTABLE else ""
         text = (f"λ = {adv.fmt(lr)} diverges ({reason}the loss left any finite track at epoch {diverged}); "
                 f"try λ ≤ {adv.fmt(new_lr)} ({source}), or run `bpexp lr-find`")
-        return Finding("lr_too_high", _short(view, confidence, phys is not None), diverged, evidence, text, {key: new_lr})
+        return Finding("lr_too_high", _short(view, confidence), diverged, evidence, text, {key: new_lr})
 
     osc, start = _late_oscillation(view)
-    if not _oscillating(osc):
+    jump = window_divergence(view.loss, JUMP_FLOOR * view.loss_init) if math.isfinite(view.loss_init) else False
+    if not (_oscillating(osc) or (jump and osc is not None)):
         return None
     late_lr = _late_lr(view)
     evidence = {"lr": late_lr, "late_rise_share": osc.rise_share, "late_rise_size": osc.rise_size,
-                "oscillation_decay": osc.decay, "alternation": osc.alternation}
+                "oscillation_decay": osc.decay, "alternation": osc.alternation, "final_jump": jump}
     safe = None
     if phys is not None and limit is not None:
         h = phys.h_end
@@ -256,9 +262,10 @@ def lr_too_high(view: RunView, phys: RunPhysics | None, found: dict) -> Finding 
     else:
         return None
     new_lr, source = adv.lower_lr(late_lr, safe, view.lr_find, fallback_divisor=4.0)
-    text = (f"λ = {adv.fmt(late_lr)} oscillates ({adv.pct(osc.rise_share)} of late epochs raise the loss; {why}); "
+    what = "jumps" if jump and not _oscillating(osc) else "oscillates"
+    text = (f"λ = {adv.fmt(late_lr)} {what} ({adv.pct(osc.rise_share)} of late epochs raise the loss; {why}); "
             f"try λ ≤ {adv.fmt(new_lr)} ({source}), or run `bpexp lr-find`")
-    return Finding("lr_too_high", _short(view, confidence, phys is not None), _rolling_rise_start(view), evidence, text,
+    return Finding("lr_too_high", _short(view, confidence), _rolling_rise_start(view), evidence, text,
                    {key: new_lr})
 
 
@@ -284,7 +291,7 @@ def non_convergence(view: RunView, phys: RunPhysics | None, found: dict) -> Find
         evidence = {"diverged_epoch": diverged, "initial_loss": view.loss_init, "last_finite_loss": _last_finite(view.loss)}
         patch = dict(found["lr_too_high"].suggested_config) if "lr_too_high" in found else {}
         text = f"the loss does not converge: it left any finite track at epoch {diverged}; lower λ (see lr_too_high)"
-        return Finding("non_convergence", _short(view, 0.9, phys is not None), diverged, evidence, text, patch)
+        return Finding("non_convergence", _short(view, 0.9), diverged, evidence, text, patch)
     if tcfg.stop_loss is None or view.stop_reason != "max_epochs" or view.n < MIN_LATE_POINTS:
         return None
     watched = view.watched
@@ -313,7 +320,7 @@ def non_convergence(view: RunView, phys: RunPhysics | None, found: dict) -> Find
     which = "validation" if tcfg.stop_on == "val" else "training"
     text = (f"stop_loss {adv.fmt(tcfg.stop_loss)} is below the {which} loss floor {adv.fmt(floor)} this model reaches; "
             f"raise it to {adv.fmt(new_stop)} or change the model")
-    return Finding("non_convergence", _short(view, confidence, phys is not None), _plateau_epoch(watched), evidence, text,
+    return Finding("non_convergence", _short(view, confidence), _plateau_epoch(watched), evidence, text,
                    {"train.stop_loss": new_stop})
 
 
@@ -362,7 +369,7 @@ def lr_too_low(view: RunView, phys: RunPhysics | None, found: dict) -> Finding |
     new_lr, source = adv.higher_lr(lr, safe, view.lr_find, fallback_factor=10.0)
     text = (f"λ = {adv.fmt(lr)} is too small: the loss is still falling steadily at epoch {view.n} "
             f"({adv.pct(share)} of its fall came in the last quarter; {why}); try λ = {adv.fmt(new_lr)} ({source})")
-    return Finding("lr_too_low", _short(view, confidence, phys is not None), 1, evidence, text, {key: new_lr})
+    return Finding("lr_too_low", _short(view, confidence), 1, evidence, text, {key: new_lr})
 
 
 # ---------------------------------------------------------------- flat_minimum
@@ -417,7 +424,7 @@ def flat_minimum(view: RunView, phys: RunPhysics | None, found: dict) -> Finding
     goal = f", above stop_loss {adv.fmt(stop)}" if stop is not None else ""
     text = (f"the loss hovers at {adv.fmt(hover)} ± {adv.fmt(spread)}{goal} (it rises in {adv.pct(osc.rise_share)} of late "
             f"epochs) while {reach}: {change}")
-    return Finding("flat_minimum", _short(view, confidence, phys is not None), _rolling_rise_start(view), evidence, text, patch)
+    return Finding("flat_minimum", _short(view, confidence), _rolling_rise_start(view), evidence, text, patch)
 
 
 # ------------------------------------------------------------- class_imbalance
@@ -460,7 +467,7 @@ def class_imbalance(view: RunView, phys: RunPhysics | None, found: dict) -> Find
     fix = "balance the training set (data.imbalance: 1)" if patch else "oversample the minority classes or collect more of them"
     text = (f"class {majority} outnumbers the others {adv.fmt(ratio)}:1 (label perplexity {adv.fmt(ppl)} < "
             f"{IMBALANCE_PERPLEXITY:g}), giving {effect}; {fix}")
-    return Finding("class_imbalance", _short(view, confidence, phys is not None), 1, evidence, text, patch)
+    return Finding("class_imbalance", _short(view, confidence), 1, evidence, text, patch)
 
 
 # ---------------------------------------------------------------- bad_ordering
@@ -508,7 +515,7 @@ def bad_ordering(view: RunView, phys: RunPhysics | None, found: dict) -> Finding
         why = f"each epoch's updates undo each other (net ‖ΔW‖ / path = {adv.fmt(cancel)})"
     what = "labels sorted" if order == "sorted" else "one fixed order"
     text = f"with {what}, consecutive updates pull against each other: {why}; shuffle every epoch (data.order: shuffled)"
-    return Finding("bad_ordering", _short(view, confidence, phys is not None), 1, evidence, text, {"data.order": "shuffled"})
+    return Finding("bad_ordering", _short(view, confidence), 1, evidence, text, {"data.order": "shuffled"})
 
 
 # ----------------------------------------------------------------- overfitting
@@ -569,7 +576,7 @@ def overfitting(view: RunView, phys: RunPhysics | None, found: dict) -> Finding 
     turn = (f"; validation loss ends {adv.fmt(gl)}% above its minimum at epoch {best_at + 1}" if turned else "")
     text = (f"accuracy {adv.fmt(train_acc)} on training data against {adv.fmt(val_acc)} on validation data "
             f"(gap {adv.fmt(gap)}){turn}; {fix}")
-    return Finding("overfitting", _short(view, confidence, phys is not None), epoch, evidence, text, patch)
+    return Finding("overfitting", _short(view, confidence), epoch, evidence, text, patch)
 
 
 # ---------------------------------------------------------------- underfitting
@@ -626,7 +633,7 @@ def underfitting(view: RunView, phys: RunPhysics | None, found: dict) -> Finding
         patch = {"model.hidden": wider}
         fix = f"widen the network (model.hidden: {wider})"
     text = (f"the model reaches {adv.fmt(train_acc)} training and {adv.fmt(val_acc)} validation accuracy where {why}; {fix}")
-    return Finding("underfitting", _short(view, confidence, phys is not None), _plateau_epoch(view.loss), evidence, text, patch)
+    return Finding("underfitting", _short(view, confidence), _plateau_epoch(view.loss), evidence, text, patch)
 
 
 DETECTORS: tuple[tuple[str, Detector], ...] = (

@@ -20,11 +20,7 @@ MIN_LATE_POINTS = 6
 """Fewer late epochs than this leave no trend or oscillation to read."""
 DIVERGE_RATIO = 2.0
 DIVERGE_WINDOW = 5
-"""TheDeepChecker (Wardat et al., "DeepDiagnosis", ICSE 2022; Ghanbari et al., TheDeepChecker,
-2023): divergence when the loss grows to ≥ 2× its minimum over a window of 5 checks."""
-PROGRESS_STRIP = 5
-"""Prechelt ("Early stopping — but when?", 1998, §2.1): the training strip of length k = 5
-over which training progress P_k is measured."""
+"""TheDeepChecker: divergence when the loss grows to ≥ 2× its minimum over a window of 5 checks."""
 
 
 @dataclass
@@ -273,32 +269,6 @@ def trend_t(series: np.ndarray, start: float) -> float:
     return slope / se
 
 
-def generalization_loss(val_loss: np.ndarray) -> np.ndarray:
-    """Prechelt's GL(t) = 100·(E_va(t)/E_opt(t) − 1), E_opt the lowest validation loss so far.
-
-    Returns:
-        GL per epoch in per cent (NaN where the loss is not finite).
-    """
-    v = np.where(np.isfinite(val_loss), val_loss, np.nan)
-    best = np.fmin.accumulate(np.where(np.isfinite(v), v, np.inf))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gl = 100.0 * (v / best - 1.0)
-    gl[~np.isfinite(gl)] = np.nan
-    return gl
-
-
-def training_progress(loss: np.ndarray, k: int = PROGRESS_STRIP) -> float:
-    """Prechelt's P_k at the last epoch: 1000·(mean of the last k losses / their minimum − 1).
-
-    Large while training still makes progress, near 0 once it has settled.
-    """
-    tail = loss[-k:]
-    tail = tail[np.isfinite(tail)]
-    if len(tail) < 2 or tail.min() <= 0:
-        return math.nan
-    return float(1000.0 * (tail.mean() / tail.min() - 1.0))
-
-
 def first_of_final_run(flags: np.ndarray) -> int | None:
     """Index where the last unbroken run of True values (ending at the last index) begins."""
     if len(flags) == 0 or not flags[-1]:
@@ -307,25 +277,18 @@ def first_of_final_run(flags: np.ndarray) -> int | None:
     return int(false_at[-1] + 1) if len(false_at) else 0
 
 
-def divergence_epoch(loss: np.ndarray, diverge_above: float) -> int | None:
-    """The first epoch (1-based) at which the loss left any finite track.
-
-    That is: not finite, above ``diverge_above`` (train.py's rule), or ≥ 2× its minimum
-    over the previous :data:`DIVERGE_WINDOW` epochs while above the starting loss
-    (TheDeepChecker's window rule).
-    """
-    n = len(loss)
-    for t in range(n):
-        value = loss[t]
-        if not math.isfinite(value) or (math.isfinite(diverge_above) and value > diverge_above):
-            return t + 1
-        window = loss[max(0, t - DIVERGE_WINDOW) : t]
-        window = window[np.isfinite(window)]
-        if len(window) and window.min() > 0 and value >= DIVERGE_RATIO * window.min() and math.isfinite(diverge_above):
-            start = loss[0] if math.isfinite(loss[0]) else math.inf
-            if value > start and all(np.diff(loss[t:][np.isfinite(loss[t:])]) >= 0) and t >= n - DIVERGE_WINDOW:
-                return t + 1
-    return None
+def window_divergence(loss: np.ndarray, floor: float) -> bool:
+    """TheDeepChecker's window rule at the last epoch: the loss is ≥ 2× its minimum over the
+    previous 5 epochs, and above that minimum by at least ``floor`` (so a loss near 0 that
+    doubles from 0.002 to 0.004 does not count)."""
+    if len(loss) < DIVERGE_WINDOW + 1 or not math.isfinite(loss[-1]):
+        return False
+    window = loss[-DIVERGE_WINDOW - 1 : -1]
+    window = window[np.isfinite(window)]
+    if not len(window):
+        return False
+    low = float(window.min())
+    return low > 0 and loss[-1] >= DIVERGE_RATIO * low and loss[-1] - low >= floor
 
 
 def label_perplexity(counts: list[int] | np.ndarray) -> float:
