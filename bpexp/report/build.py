@@ -25,7 +25,11 @@ DEFAULT_OUT_ROOT = "bpexp-reports"
 
 @dataclass
 class ReportFiles:
-    """What :func:`write_report` wrote, and how long each stage took (seconds)."""
+    """What :func:`write_report` wrote, and how long each stage took (seconds).
+
+    ``timings`` holds ``data``, ``figures``, ``render`` and ``total`` (the three
+    together); :func:`make_report` adds ``load`` (study and runs) and ``log`` (artifacts).
+    """
 
     html: Path
     markdown: Path
@@ -155,6 +159,7 @@ def make_report(
     from bpexp.errors import ConfigError
     from bpexp.report import load
 
+    started = time.perf_counter()
     given = [name for name, value in (("STUDY", study), ("--run", run_id)) if value]
     if len(given) > 1:
         raise ConfigError("give a STUDY or --run RUN_ID, not both")
@@ -166,11 +171,15 @@ def make_report(
             raise ConfigError("give a STUDY name, --run RUN_ID, or --experiment NAME (its latest sweep)")
         sweep = load.load_sweep(study, storage=storage, tracking_uri=tracking_uri, experiment=experiment)
         target = sweep.parent_run_id
+    loaded = time.perf_counter() - started
     files = write_report(sweep, out_dir)
+    files.timings = {"load": loaded, **files.timings}
     if log and target and sweep.tracking_uri:
         from bpexp.tracking import make_tracker
 
+        mark = time.perf_counter()
         log_report(files, make_tracker(sweep.tracking_uri, experiment), target)
+        files.timings["log"] = time.perf_counter() - mark
     return files
 
 

@@ -1099,9 +1099,16 @@ def plain_notes(sweep: SweepRecord) -> list[str]:
             notes.append(f"{len(failed)} of {n} trials failed and are left out of the figures.")
         if pruned:
             notes.append(f"{len(pruned)} of {n} trials were pruned and are left out of the figures.")
+    no_history = [t for t in done if not t.history.get("epoch")]
+    if no_history:
+        where = f" in {sweep.tracking_uri}" if sweep.tracking_uri else " (no MLflow tracking store was found for this sweep)"
+        notes.append(
+            f"{len(no_history)} of {len(done)} completed trials have no per-epoch history{where}: "
+            "the learning curves and the schedule comparison leave them out."
+        )
     diverged = [t for t in done if t.stop_reason == DIVERGED]
     if done and len(diverged) == len(done):
-        notes.append(f"Every completed trial diverged: λ was too high throughout; search lower.")
+        notes.append("Every completed trial diverged: λ was too high throughout; search lower.")
     return notes
 
 
