@@ -3,7 +3,8 @@
 The protocol, for each task (a spec: data, model, optimiser) and each seed:
 
 1. Run the LR range test (:func:`bpexp.lr_find.range_test`) and read the paper's
-   ``base_lr`` and ``max_lr`` from it.
+   ``base_lr`` and ``max_lr`` from it (by default as the paper does: linearly up to
+   where training fails, see :func:`range_test_bounds`).
 2. Train at a fixed λ for every value of a log grid over the range test's range;
    the "fixed" policy is the grid value with the best mean final validation
    accuracy over the seeds.
@@ -64,7 +65,10 @@ class RangeTestSettings(_Strict):
 
     start_lr: float = Field(default=1e-5, gt=0)
     end_lr: float = Field(default=10.0, gt=0)
-    mode: Literal["linear", "exp"] = "exp"
+    mode: Literal["exp", "linear", "linear_to_divergence"] = Field(
+        default="linear_to_divergence",
+        description="exp or linear over [start_lr, end_lr]; linear_to_divergence: see range_test_bounds",
+    )
     iterations: int | None = Field(default=None, ge=5, description="default: 8 epochs, at least 100 steps")
 
     @model_validator(mode="after")
@@ -191,6 +195,42 @@ def run_curve(config: ExperimentConfig, dataset: Dataset) -> Curve:
 
     result = train(config, dataset, model=model, on_epoch=on_epoch)
     return Curve(list(result.history.iterations), accuracies, float(result.final["val_accuracy"]), result.stop_reason)
+
+
+LINEAR_START = 1e-3
+"""linear_to_divergence starts its linear test at λ_div/1000: on a linear axis as good as the
+paper's 0, which the range test cannot take (it reads λ on a log axis too)."""
+
+
+def range_test_bounds(config: ExperimentConfig, dataset: Dataset, settings: RangeTestSettings) -> dict:
+    """Step 1: run the range test as ``settings`` say and read the paper's base_lr and max_lr.
+
+    ``exp`` and ``linear`` run one test over [start_lr, end_lr]. ``linear_to_divergence``
+    follows the paper, whose test rises linearly from 0 to a λ where training fails
+    (Smith 2017, §3.3, Fig. 3), without knowing that λ beforehand: an exponential sweep of
+    [start_lr, end_lr] finds λ_div, where its smoothed loss passes 4× its minimum (end_lr
+    if it never does), then a linear test over [λ_div·:data:`LINEAR_START`, λ_div] of the
+    same length is read. Both tests run on copies; the config's model is never touched.
+
+    Returns:
+        ``{"base_lr", "max_lr", "base_reason", "max_reason", "range": [lo, hi], "mode"}``;
+        the rates are None where the test could not read them.
+    """
+    lo, hi, mode = settings.start_lr, settings.end_lr, settings.mode
+    if mode == "linear_to_divergence":
+        sweep = range_test(config, dataset, start_lr=lo, end_lr=hi, num_iterations=settings.iterations, mode="exp")
+        hi = sweep.diverged_at if sweep.diverged_at is not None else hi
+        lo, mode = hi * LINEAR_START, "linear"
+    result = range_test(config, dataset, start_lr=lo, end_lr=hi, num_iterations=settings.iterations, mode=mode)
+    base, top = result.suggestions["base_lr"], result.suggestions["max_lr"]
+    return {
+        "base_lr": base.lr,
+        "max_lr": top.lr,
+        "base_reason": base.reason,
+        "max_reason": top.reason,
+        "range": [lo, hi],
+        "mode": mode,
+    }
 
 
 def iterations_to_reach(curve: Curve, target: float) -> int | None:
@@ -329,6 +369,7 @@ class ClrReport:
     epochs: int
     stepsize_epochs: int
     cycles: int
+    range_mode: str
     tasks: list[TaskResult] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -340,6 +381,7 @@ class ClrReport:
             "epochs": self.epochs,
             "stepsize_epochs": self.stepsize_epochs,
             "cycles": self.cycles,
+            "range_mode": self.range_mode,
             "tasks": [task.to_dict() for task in self.tasks],
             "seconds": round(self.seconds, 1),
         }
@@ -351,7 +393,7 @@ class ClrReport:
             lines.append(
                 f"**{task.task}** ({task.description}; {len(task.seeds)} seeds, {task.budget_iterations:,} iterations "
                 f"= {self.cycles} cycles of 2 × {task.stepsize_iterations:,}; fixed λ = {task.best_fixed_lr:.3g}, "
-                f"the best of {len(task.grid)} on validation)"
+                f"the best of {len(task.grid)} on validation; range test {self.range_mode})"
             )
             lines.append("")
             lines.append("| policy | λ | iterations to the fixed λ's final accuracy | speed-up | final test accuracy |")
@@ -397,7 +439,9 @@ def run_protocol(protocol: Protocol, *, on_run: ProgressCallback | None = None, 
         with threadpool_limits(limits=threads):
             return run_protocol(protocol, on_run=on_run, threads=None)
     started = time.perf_counter()
-    report = ClrReport(protocol.name, protocol.budget, protocol.epochs, protocol.stepsize_epochs, protocol.cycles)
+    report = ClrReport(
+        protocol.name, protocol.budget, protocol.epochs, protocol.stepsize_epochs, protocol.cycles, protocol.range_test.mode
+    )
     total, done = count_runs(protocol), 0
 
     def tick(label: str) -> None:
@@ -422,15 +466,9 @@ def _run_task(name: str, task: ExperimentConfig, protocol: Protocol, tick: Calla
     stepsize = protocol.stepsize_epochs * steps_per_epoch
 
     # 1. the range test, per seed
-    rt = protocol.range_test
     bounds = []
     for seed in protocol.seeds:
-        result = range_test(
-            _with(task, seed=seed, epochs=1), datasets[seed], start_lr=rt.start_lr, end_lr=rt.end_lr,
-            num_iterations=rt.iterations, mode=rt.mode,
-        )
-        base, top = result.suggestions["base_lr"], result.suggestions["max_lr"]
-        bounds.append({"seed": seed, "base_lr": base.lr, "max_lr": top.lr, "base_reason": base.reason, "max_reason": top.reason})
+        bounds.append({"seed": seed, **range_test_bounds(_with(task, seed=seed, epochs=1), datasets[seed], protocol.range_test)})
         tick(f"{name} seed {seed}: range test")
 
     # 2. the fixed-λ grid; the best mean final validation accuracy wins

@@ -134,6 +134,41 @@ def test_exp_range_gamma_leaves_the_papers_share():
     assert math.isclose(clr.PAPER_EXP_RANGE_DECAY, 0.015, rel_tol=0.01)
 
 
+# ------------------------------------------------------------ the bounds
+
+
+@pytest.fixture(scope="module")
+def digits_mlp_task():
+    p = clr.load_protocol(PROTOCOL, "full")
+    task = p.tasks["digits_mlp"]
+    from bpexp.data import load_dataset
+
+    return task, load_dataset(task.data, 0, dtype=task.model.dtype)
+
+
+def test_linear_to_divergence_reads_a_linear_test_up_to_where_the_sweep_diverged(digits_mlp_task):
+    from bpexp.lr_find import range_test
+
+    task, dataset = digits_mlp_task
+    settings = clr.RangeTestSettings(start_lr=1e-5, end_lr=10.0, mode="linear_to_divergence", iterations=150)
+    got = clr.range_test_bounds(task, dataset, settings)
+    sweep = range_test(task, dataset, start_lr=1e-5, end_lr=10.0, num_iterations=150, mode="exp")
+    assert sweep.diverged_at is not None  # this MLP diverges inside the sweep
+    assert got["range"] == [sweep.diverged_at * clr.LINEAR_START, sweep.diverged_at] and got["mode"] == "linear"
+    linear = range_test(task, dataset, start_lr=got["range"][0], end_lr=got["range"][1], num_iterations=150, mode="linear")
+    assert got["max_lr"] == linear.suggestions["max_lr"].lr and got["base_lr"] == linear.suggestions["base_lr"].lr
+    assert got["base_lr"] < got["max_lr"] < sweep.diverged_at
+
+
+def test_exp_mode_reads_the_sweep_itself(digits_mlp_task):
+    from bpexp.lr_find import range_test
+
+    task, dataset = digits_mlp_task
+    got = clr.range_test_bounds(task, dataset, clr.RangeTestSettings(mode="exp", iterations=150))
+    sweep = range_test(task, dataset, start_lr=1e-5, end_lr=10.0, num_iterations=150, mode="exp")
+    assert got["range"] == [1e-5, 10.0] and got["max_lr"] == sweep.suggestions["max_lr"].lr
+
+
 # -------------------------------------------------------------- end to end
 
 
@@ -182,13 +217,15 @@ def test_cli_json_and_tables(tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["budget"] == "full" and len(payload["tasks"]) == 1
+    assert payload["range_mode"] == "linear_to_divergence"  # the default
+    assert payload["tasks"][0]["bounds"][0]["mode"] == "linear"
     rows = payload["tasks"][0]["rows"]
     assert [r["policy"] for r in rows] == ["fixed", "triangular", "triangular2", "exp_range"]
     assert all(len(r["iterations"]) == 2 for r in rows)
     human = runner.invoke(cli, ["clr-compare", str(path)], catch_exceptions=False)
     assert human.exit_code == 0 and "triangular2" in human.stdout and "final test acc." in human.stdout
-    markdown = runner.invoke(cli, ["clr-compare", str(path), "--markdown"], catch_exceptions=False)
-    assert markdown.stdout.count("| exp_range |") == 1
+    markdown = runner.invoke(cli, ["clr-compare", str(path), "--markdown", "--range-mode", "exp"], catch_exceptions=False)
+    assert markdown.stdout.count("| exp_range |") == 1 and "range test exp" in markdown.stdout
 
 
 def test_cli_refuses_a_missing_file(tmp_path):

@@ -12,9 +12,15 @@ from bpexp.cli.progress import DelayedProgress
 @click.command("clr-compare")
 @click.argument("protocol_file", type=click.Path(dir_okay=False))
 @click.option("--budget", default="full", show_default=True, help="A budget of the protocol file: full, or small (CI).")
+@click.option(
+    "--range-mode",
+    type=click.Choice(["exp", "linear", "linear_to_divergence"]),
+    default=None,
+    help="Override the protocol's range_test.mode.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
 @click.option("--markdown", is_flag=True, help="Print the tables as Markdown (for the README).")
-def clr_command(protocol_file: str, budget: str, as_json: bool, markdown: bool) -> None:
+def clr_command(protocol_file: str, budget: str, range_mode: str | None, as_json: bool, markdown: bool) -> None:
     """Compare triangular, triangular2 and exp_range with the best fixed λ (Smith 2017, Table 1).
 
     For each task and seed: the LR range test gives base_lr and max_lr; a grid of
@@ -28,10 +34,13 @@ def clr_command(protocol_file: str, budget: str, as_json: bool, markdown: bool) 
     Examples:
       bpexp clr-compare experiments/clr_vs_fixed.yaml
       bpexp clr-compare experiments/clr_vs_fixed.yaml --budget small --json
+      bpexp clr-compare experiments/clr_vs_fixed.yaml --range-mode exp   # bounds read off a log sweep
     """
     from bpexp.clr import count_runs, load_protocol, run_protocol
 
     protocol = load_protocol(protocol_file, budget)
+    if range_mode is not None:
+        protocol = protocol.model_copy(update={"range_test": protocol.range_test.model_copy(update={"mode": range_mode})})
     with DelayedProgress(f"clr-compare ({budget})", count_runs(protocol)) as progress:
         report = run_protocol(protocol, on_run=lambda done, total, label: progress.update(done, label))
     if as_json:
@@ -49,7 +58,7 @@ def _print_tables(report) -> None:
 
     console = Console(highlight=False)
     console.print(
-        f"[bold]{report.name}[/] ({report.budget} budget): every run {report.epochs} epochs = "
+        f"[bold]{report.name}[/] ({report.budget} budget, range test {report.range_mode}): every run {report.epochs} epochs = "
         f"{report.cycles} cycles of 2 × {report.stepsize_epochs} epochs ({report.seconds:.0f} s)"
     )
     for task in report.tasks:
