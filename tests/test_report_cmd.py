@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bpexp.cli import cli
 from bpexp.config import config_from_dict, load_config
+from bpexp.report.records import unflatten
 
 STUDY = "report-grid"
 EXPERIMENT = "report-tests"
@@ -141,6 +144,45 @@ def test_loaded_records_match_the_study_and_the_runs(swept):
         assert trial.final["val_loss"] == pytest.approx(run.data.metrics.get("final.val_loss", float("nan")), nan_ok=True)
     diverged = [t for t in sweep.trials if t.lr == 300.0]
     assert diverged and all(t.stop_reason == "diverged" for t in diverged)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-10**12, 10**12),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.lists(st.integers(1, 4096), max_size=4),
+    )
+)
+def test_params_read_back_from_mlflow_strings(value):
+    # MLflow stores str(value) (bpexp.tracking); lists arrive as flatten()'s YAML flow text.
+    from bpexp.config import flatten
+    from bpexp.report.load import parse_param
+
+    text = flatten({"model": {"hidden": value}})["model.hidden"] if isinstance(value, list) else str(value)
+    back = parse_param("optim.lr", text)
+    assert back == value and type(back) is type(value)
+
+
+@given(st.text(min_size=1, max_size=20).filter(lambda t: t != "None"))
+def test_name_params_stay_strings(text):
+    from bpexp.report.load import parse_param
+
+    assert parse_param("name", text) == text and parse_param("data.name", text) == text
+
+
+def test_every_config_param_of_a_run_reads_back(report_sweep):
+    from bpexp.report.load import config_params_of
+
+    for trial in report_sweep.trials:
+        logged = {k: "None" if v is None else str(v) for k, v in trial.params.items()}
+        logged["trial_number"] = str(trial.number)  # a sweep's extra param: not part of the config
+        parsed = config_params_of(logged)
+        assert set(parsed) == set(trial.params)
+        rebuilt = config_from_dict(unflatten(parsed))
+        assert rebuilt.model_dump(mode="json") == config_from_dict(trial.config).model_dump(mode="json")
 
 
 # ------------------------------------------------------------- bpexp report
