@@ -284,9 +284,10 @@ def test_importances_fall_back_with_a_sentence_when_too_few_trials(report_sweep)
 def test_failure_table_counts_each_mode(report_sweep):
     table = rd.failure_table(report_sweep)
     modes = {row.mode: row for row in table.rows}
-    assert "diverged" in modes and "lr_too_low" in modes
+    assert {"lr_too_low", "lr_too_high"} <= set(modes)
+    assert set(modes) == {m for t in report_sweep.trials for m in t.modes}
     for mode, row in modes.items():
-        members = [t for t in report_sweep.trials if mode in t.modes or (mode == "diverged" and t.stop_reason == "diverged")]
+        members = [t for t in report_sweep.trials if mode in t.modes]
         assert row.n == len(members)
         assert row.example_number in [t.number for t in members]
         assert row.example_run_id == report_sweep.trials[row.example_number].run_id
@@ -294,6 +295,17 @@ def test_failure_table_counts_each_mode(report_sweep):
     counts = [row.n for row in table.rows]
     assert counts == sorted(counts, reverse=True)
     assert table.healthy == sum(rd.trial_outcome(t) == "healthy" for t in report_sweep.trials)
+
+
+def test_failure_table_names_divergence_the_diagnosis_did_not(report_sweep):
+    import copy
+
+    diverged = [copy.deepcopy(t) for t in report_sweep.trials if t.stop_reason == "diverged"]
+    for t in diverged:
+        t.diagnosis = []  # as recorded by a run without a diagnosis
+    table = rd.failure_table(SweepRecord("d", trials=diverged))
+    assert [(row.mode, row.n) for row in table.rows] == [("diverged", len(diverged))]
+    assert table.rows[0].advice
 
 
 # ----------------------------------------------------------- recommendation

@@ -919,7 +919,8 @@ def failure_table(sweep: SweepRecord) -> FailureTable:
             mode = f.get("mode")
             if mode:
                 members.setdefault(str(mode), []).append((t, f))
-        if t.stop_reason == DIVERGED and t.finding(DIVERGED) is None:
+        if t.stop_reason == DIVERGED and not t.diagnosis:
+            # a diverged run the diagnosis said nothing about (recorded without it): still a failure
             members.setdefault(DIVERGED, []).append(
                 (t, {"mode": DIVERGED, "confidence": 1.0, "evidence": {"epochs": t.epochs}, "advice": _DIVERGED_ADVICE})
             )
