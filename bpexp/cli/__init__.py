@@ -85,6 +85,10 @@ def _register() -> None:
 
     cli.add_command(report_cmd.report_command)
 
+    from bpexp.cli import batch_cmd
+
+    cli.add_command(batch_cmd.batch_group)
+
 
 _register()
 
