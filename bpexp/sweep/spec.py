@@ -225,6 +225,11 @@ class SweepSection(_Strict):
         return len(self.objective) > 1
 
 
+class _SweepOnly(_Strict):
+    # validates the section under its own name, so that error locations read sweep.<field>
+    sweep: SweepSection
+
+
 class SweepSpec(BaseModel):
     """A validated sweep spec.
 
@@ -284,10 +289,10 @@ def sweep_spec_from_dict(raw: dict[str, Any], source: str = "spec") -> SweepSpec
     if not isinstance(section_raw, dict):
         raise ConfigError(f"{source}: sweep must be a mapping, got {type(section_raw).__name__}")
     try:
-        section = SweepSection.model_validate(section_raw)
+        section = _SweepOnly.model_validate({"sweep": section_raw}).sweep
     except ValidationError as exc:
-        message = format_validation_error(exc, f"{source}: sweep")
-        raise ConfigError(message.replace(f"{source}: sweep: ", f"{source}: sweep.", 1)) from None
+        message = format_validation_error(exc, source)
+        raise ConfigError(message.replace(f"{source}: sweep: sweep.", f"{source}: sweep.")) from None
     space, auto = _parse_space(section.space, source)
     if auto and "optim.lr" in space:
         raise ConfigError(f"{source}: sweep.space: 'lr: auto' chooses the optim.lr range; remove sweep.space.optim.lr")

@@ -435,6 +435,8 @@ def run_worker(
                 done, running = done_count(study)
                 if done + running >= target:
                     break
+                if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                    break  # every grid point has been tried (failed ones are not repeated)
                 trial = study.ask()
                 trial.set_user_attr(ATTR_WORKER, me)
                 for stale in (ATTR_ERROR, ATTR_RUN_ID, ATTR_STOP_REASON):
