@@ -709,3 +709,59 @@ def test_diagnose_history_agrees_with_diagnose_on_history_only_modes(make_config
     result = train(make_config(data={"name": "iris"}, optim={"lr": 1e6, "batch_size": "full"}, train={"max_epochs": 10}))
     from_history = diagnose_history(result.history, result.config, result.dataset.summary())
     assert {f.mode for f in from_history} == {f.mode for f in diagnose(result)} == {"lr_too_high", "non_convergence"}
+
+
+# ------------------------------------------------------------- the CLI
+
+GALLERY = __import__("pathlib").Path(__file__).resolve().parent.parent / "experiments" / "failure_modes"
+
+
+def _cli(args):
+    from click.testing import CliRunner
+
+    from bpexp.cli import cli
+
+    return CliRunner().invoke(cli, ["train", *args, "--no-track"])
+
+
+def test_train_json_carries_the_diagnosis(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _cli(["--spec", str(GALLERY / "lr_too_high.yaml"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    (finding,) = payload["diagnosis"]
+    assert finding["mode"] == "lr_too_high" and finding["suggested_config"]["optim.lr"] < 9.0
+    assert set(finding) == {"mode", "confidence", "epoch", "evidence", "advice", "suggested_config"}
+
+
+def test_apply_advice_json_is_the_second_run_with_what_was_applied(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _cli(["--spec", str(GALLERY / "lr_too_high.yaml"), "--json", "--apply-advice"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count("\n") == 1
+    payload = json.loads(result.stdout)
+    (applied,) = payload["applied_advice"]
+    assert applied["mode"] == "lr_too_high"
+    assert payload["config"]["optim"]["lr"] == applied["suggested_config"]["optim.lr"]
+    assert payload["config"]["name"] == "lr_too_high-advised"
+    assert payload["diagnosis"] == []
+    assert [f["mode"] for f in payload["first_run"]["diagnosis"]] == ["lr_too_high"]
+
+
+def test_apply_advice_on_a_healthy_run_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _cli(["--dataset", "iris", "--max-epochs", "30", "--json", "--apply-advice"])
+    payload = json.loads(result.stdout)
+    assert payload["applied_advice"] == [] and payload["diagnosis"] == [] and "first_run" not in payload
+
+
+def test_human_summary_shows_the_findings_table_and_both_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    healthy = _cli(["--dataset", "iris", "--max-epochs", "30"])
+    assert "healthy" in healthy.stdout
+    result = _cli(["--spec", str(GALLERY / "lr_too_high.yaml"), "--apply-advice"])
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "diagnosis" in out and "lr_too_high" in out and "oscillates" in out
+    assert "re-running with optim.lr:" in out
+    assert "before: lr_too_high" in out and "after: healthy" in out

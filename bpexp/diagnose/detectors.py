@@ -160,7 +160,7 @@ def _oscillating(osc) -> bool:
     )
 
 
-def _rolling_rise_start(view: RunView, width: int = 5) -> int:
+def _rolling_rise_start(view: RunView, width: int = 10) -> int:
     """1-based epoch where the final stretch of oscillation begins (rolling rise share ≥ 20 %)."""
     d = np.diff(view.loss)
     if len(d) < width:
