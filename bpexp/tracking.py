@@ -368,6 +368,59 @@ def _redact(url: str) -> str:
     return url
 
 
+class PgAdvisoryLock:
+    """A PostgreSQL session advisory lock (``pg_advisory_lock``) on one kept-open connection.
+
+    Re-entrant within one holder. The server releases it when the connection ends,
+    so a killed process never leaves it held.
+    """
+
+    def __init__(self, url: str, key: int) -> None:
+        self.conninfo = libpq_url(url)
+        self.key = key
+        self._conn: Any = None
+        self._depth = 0
+
+    def __enter__(self) -> "PgAdvisoryLock":
+        if self._depth == 0:
+            import psycopg
+
+            if self._conn is None or self._conn.closed:
+                try:
+                    self._conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+                except psycopg.OperationalError as exc:
+                    raise ServiceError(f"cannot take a PostgreSQL lock on {_redact(self.conninfo)} ({str(exc).strip()})") from None
+            self._conn.execute("SELECT pg_advisory_lock(%s)", (self.key,))
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._conn is not None and not self._conn.closed:
+            self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+
+    def close(self) -> None:
+        """Close the connection (and so release the lock)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL (``postgresql+psycopg://``) as a libpq URI."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def lock_key(purpose: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``purpose``."""
+    import hashlib
+
+    digest = hashlib.sha256(f"bpexp:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def _quiet_mlflow_logs() -> None:
     # MLflow and alembic log schema migrations at INFO on first use; bpexp's stderr is for
     # its own progress. BPEXP_DEBUG=1 keeps them.
@@ -466,7 +519,17 @@ class MlflowTracker(Tracker):
     def check(self) -> None:
         probe_tracking_uri(self.uri)
         try:
-            _ = self.experiment_id
+            if self.uri.startswith(("postgresql", "postgres")):
+                # MLflow creates its schema on first use; two processes doing so at once on an
+                # empty database collide, so the first use is serialised per database
+                lock = PgAdvisoryLock(self.uri, lock_key("mlflow-schema"))
+                try:
+                    with lock:
+                        _ = self.experiment_id
+                finally:
+                    lock.close()
+            else:
+                _ = self.experiment_id
         except ServiceError:
             raise
         except Exception as exc:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from bpexp.errors import ServiceError
+from bpexp.tracking import PgAdvisoryLock, lock_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -119,55 +120,6 @@ class FlockLock:
         self.release()
 
 
-class PgAdvisoryLock:
-    """A PostgreSQL session advisory lock (``pg_advisory_lock``) on one kept-open connection.
-
-    The server releases it when the connection ends, so a killed worker never holds it.
-    """
-
-    def __init__(self, url: str, key: int) -> None:
-        self.conninfo = libpq_url(url)
-        self.key = key
-        self._conn = None
-        self._depth = 0
-
-    def __enter__(self) -> "PgAdvisoryLock":
-        if self._depth == 0:
-            import psycopg
-
-            if self._conn is None or self._conn.closed:
-                try:
-                    self._conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
-                except psycopg.OperationalError as exc:
-                    raise ServiceError(f"study storage: cannot take the PostgreSQL lock ({str(exc).strip()})") from None
-            self._conn.execute("SELECT pg_advisory_lock(%s)", (self.key,))
-        self._depth += 1
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._conn is not None and not self._conn.closed:
-            self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-
-    def close(self) -> None:
-        """Close the connection (and so release the lock)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-def libpq_url(url: str) -> str:
-    """A SQLAlchemy PostgreSQL URL (``postgresql+psycopg://``) as a libpq URI."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _lock_key(storage: str, purpose: str) -> int:
-    digest = hashlib.sha256(f"bpexp:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 def exclusive(storage: str, purpose: str) -> contextlib.AbstractContextManager:
     """A lock shared by every process using ``storage`` for ``purpose`` (e.g. ``slots:<study>``).
 
@@ -179,7 +131,7 @@ def exclusive(storage: str, purpose: str) -> contextlib.AbstractContextManager:
     if storage.startswith("sqlite"):
         return FlockLock(f"{storage.removeprefix('sqlite:///')}.{_safe(purpose)}.lock")
     if storage.startswith(("postgresql", "postgres")):
-        return PgAdvisoryLock(storage, _lock_key(storage, purpose))
+        return PgAdvisoryLock(storage, lock_key(purpose))
     return contextlib.nullcontext()
 
 
@@ -203,6 +155,7 @@ def open_storage(storage: str, *, heartbeat_interval: int, grace_period: int) ->
 
     if not is_rdb(storage):
         return JournalStorage(JournalFileBackend(storage, lock_obj=FlockLock(storage + ".lock")))
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
     try:
         return RDBStorage(
             storage,

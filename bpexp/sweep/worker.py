@@ -381,6 +381,8 @@ def quiet_optuna() -> None:
     if not os.environ.get("BPEXP_DEBUG"):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # the workers record heartbeats themselves (_Heartbeat), as Study.optimize would
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def run_worker(
