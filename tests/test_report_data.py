@@ -89,6 +89,9 @@ def test_landscape_bands_are_ordered_along_lambda(report_sweep):
     assert sum(b.n for b in land.bands) == len(land.points)
     for band in land.bands:
         assert band.lo <= band.center <= band.hi
+        assert band.left <= band.lo and band.hi <= band.right and band.misplaced == 0
+    for left, right in zip(land.bands, land.bands[1:]):
+        assert left.right == right.left  # the drawn regions tile the λ axis
 
 
 def test_landscape_draws_the_range_test_bounds(report_sweep):
@@ -127,7 +130,21 @@ def test_bands_follow_lambda_when_diagnoses_do(lrs, cuts):
     for left, right in zip(bands, bands[1:]):
         assert left.hi <= right.lo
         assert left.center <= right.center
+        assert left.hi <= left.right == right.left <= right.lo
     assert [b.name for b in bands] == [n for n in rd.BANDS if n in {b.name for b in bands}]
+    assert all(b.misplaced == 0 for b in bands)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(1e-6, 1e3), st.sampled_from(["lr_too_low", "healthy", "lr_too_high", "diverged"])),
+                min_size=1, max_size=40))
+def test_band_edges_never_cross_even_when_diagnoses_disagree_with_lambda(trials):
+    bands = rd.derive_bands([rd.LandscapePoint(i, lr, 1.0, 0.5, o) for i, (lr, o) in enumerate(trials)])
+    assert sum(b.n for b in bands) == len(trials)
+    for band in bands:
+        assert band.left <= band.right and 0 <= band.misplaced <= band.n
+    for left, right in zip(bands, bands[1:]):
+        assert left.right == right.left
 
 
 @given(st.integers(0, 100_000))

@@ -205,7 +205,12 @@ class LandscapePoint:
 
 @dataclass(frozen=True)
 class Band:
-    """A λ band: the range ``[lo, hi]`` its ``n`` trials span and their geometric median ``center``."""
+    """A λ band: the range ``[lo, hi]`` its ``n`` trials span and their geometric median ``center``.
+
+    ``left`` and ``right`` are the edges it is drawn with: adjacent bands share an
+    edge, placed where it puts the fewest trials on the wrong side (``misplaced``
+    counts them, for the band's trials), so noisy diagnoses still read as regions.
+    """
 
     name: str
     label: str
@@ -213,6 +218,9 @@ class Band:
     hi: float
     center: float
     n: int
+    left: float
+    right: float
+    misplaced: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,10 @@ def _geometric_median(values: Sequence[float]) -> float:
 def derive_bands(points: Sequence[LandscapePoint]) -> list[Band]:
     """The λ bands, from the trials' outcomes: for each band, the λ range its trials span.
 
+    The drawn edge between two neighbouring bands (in :data:`BANDS` order) is the
+    threshold on log λ that misplaces the fewest of their trials (a one-feature
+    decision stump), at the geometric midpoint of the gap it falls in.
+
     Returns:
         The bands that hold at least one trial, in :data:`BANDS` order (too_low,
         good, too_high, diverged); their centres are ordered along λ when the
@@ -258,12 +270,48 @@ def derive_bands(points: Sequence[LandscapePoint]) -> list[Band]:
         name = band_of(p.outcome)
         if name is not None:
             by_band.setdefault(name, []).append(p.lr)
+    names = [name for name in BANDS if by_band.get(name)]
+    edges = [_edge(by_band[a], by_band[b]) for a, b in zip(names, names[1:])]
+    edges = _monotone(edges)
     bands = []
-    for name in BANDS:
-        lrs = by_band.get(name)
-        if lrs:
-            bands.append(Band(name, BAND_LABELS[name], min(lrs), max(lrs), _geometric_median(lrs), len(lrs)))
+    for i, name in enumerate(names):
+        lrs = by_band[name]
+        right = edges[i] if i < len(edges) else max(max(lrs), edges[-1] if edges else 0.0)
+        left = edges[i - 1] if i > 0 else min(min(lrs), right)
+        misplaced = sum(1 for lr in lrs if not left <= lr <= right)
+        bands.append(
+            Band(name, BAND_LABELS[name], min(lrs), max(lrs), _geometric_median(lrs), len(lrs), left, right, misplaced)
+        )
     return bands
+
+
+def _monotone(edges: list[float]) -> list[float]:
+    """Edges made non-decreasing: out-of-order runs (diagnoses that contradict λ) meet at their geometric mean.
+
+    Pool-adjacent-violators on log λ (the least-squares non-decreasing fit, Barlow et al. 1972).
+    """
+    blocks: list[list[float]] = []  # [sum of log λ, count]
+    for edge in edges:
+        blocks.append([math.log(edge), 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [math.exp(total / count) for total, count in blocks for _ in range(int(count))]
+
+
+def _edge(left: list[float], right: list[float]) -> float:
+    """The λ between two groups that puts the fewest ``left`` values above it and ``right`` values below it."""
+    values = sorted(set(left) | set(right))
+    best_cost, best = None, None
+    for lo, hi in zip(values, values[1:]):
+        cut = math.sqrt(lo * hi)  # the geometric midpoint of the gap: the middle on a log axis
+        cost = sum(v > cut for v in left) + sum(v < cut for v in right)
+        if best_cost is None or cost < best_cost:
+            best_cost, best = cost, cut
+    if best is None:  # both groups sit at one λ
+        return values[0]
+    return best
 
 
 def suggestion_marks(lr_find: dict[str, Any] | None) -> list[SuggestionMark]:
@@ -324,7 +372,8 @@ def landscape_data(sweep: SweepRecord) -> LandscapeData | None:
     bands = derive_bands(points)
     marks = suggestion_marks(sweep.lr_find)
     bounds = range_bounds(sweep.lr_find)
-    parts = [f"{b.label}: λ {_fmt_lr(b.lo)}–{_fmt_lr(b.hi)} ({b.n} trials)" for b in bands]
+    parts = [f"{b.label}: λ {_fmt_lr(b.lo)}–{_fmt_lr(b.hi)} ({b.n} trial{'s' if b.n != 1 else ''})" for b in bands]
+    misplaced = sum(b.misplaced for b in bands)
     sentence = (
         "Each dot is a trial's final validation loss (top) and accuracy (bottom) at its λ, coloured by its diagnosis; "
         "the shaded bands show where λ was too low, good, too high and diverging"
@@ -333,6 +382,11 @@ def landscape_data(sweep: SweepRecord) -> LandscapeData | None:
         + ". "
         + "; ".join(parts)
         + "."
+        + (
+            (" 1 trial lies outside its band's shading: λ alone does not explain its diagnosis." if misplaced == 1 else
+             f" {misplaced} trials lie outside their bands' shading: λ alone does not explain their diagnoses.")
+            if misplaced else ""
+        )
     )
     return LandscapeData(points, bands, marks, bounds, counts, density(len(points)), sentence)
 

@@ -82,8 +82,11 @@ def draw_landscape(data: LandscapeData) -> bytes:
     finite_losses = [p.val_loss for p in data.points if p.val_loss is not None and p.val_loss > 0]
     top = max(finite_losses) * 1.5 if finite_losses else 10.0
     for ax in (loss_ax, acc_ax):
-        for band in data.bands:
-            ax.axvspan(band.lo / 1.15, band.hi * 1.15, color=BAND_COLORS[band.name], alpha=0.10, lw=0)
+        for i, band in enumerate(data.bands):
+            # the outer bands reach a little past their last trial, so edge points sit inside
+            left = band.left / 1.3 if i == 0 else band.left
+            right = band.right * 1.3 if i == len(data.bands) - 1 else band.right
+            ax.axvspan(left, right, color=BAND_COLORS[band.name], alpha=0.12, lw=0)
         if data.bounds:
             ax.axvspan(*data.bounds, facecolor="none", edgecolor="#555555", hatch="//", lw=0.0, alpha=0.5)
         for mark in data.suggestions:
@@ -116,7 +119,7 @@ def draw_landscape(data: LandscapeData) -> bytes:
     acc_ax.set_xlabel("λ (log scale)")
     for band in data.bands:
         loss_ax.annotate(
-            BAND_LABELS[band.name], xy=(band.center, 1.0), xycoords=("data", "axes fraction"), ha="center",
+            BAND_LABELS[band.name], xy=(math.sqrt(band.left * band.right), 1.0), xycoords=("data", "axes fraction"), ha="center",
             va="bottom", fontsize="small", color=BAND_COLORS[band.name],
         )
     for mark in data.suggestions:
