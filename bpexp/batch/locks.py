@@ -97,12 +97,14 @@ def _try_flock(lock_path: Path) -> HeldLock | None:
 def _try_advisory(url: str, purpose: str) -> HeldLock | None:
     import psycopg
 
+    from sqlalchemy.engine import make_url
+
     from bpexp.batch.ledger import CONNECT_TIMEOUT, redact
-    from bpexp.sweep.storage import libpq_url
 
     key = lock_key(purpose)
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)  # psycopg takes no +driver
     try:
-        conn = psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        conn = psycopg.connect(libpq, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ServiceError(f"batch database {redact(url)} cannot be reached ({first})") from None
