@@ -415,8 +415,12 @@ def test_two_workers_share_the_default_stores(tmp_path, _mlflow_template_db):
     raw = {
         **BASE,
         "data": {"name": "digits"},
-        "train": {"max_epochs": 6},
-        "sweep": {"n_trials": 6, "pruner": "none", "lr_find": {"epochs": 1}, "space": {"lr": "auto"}},
+        "model": {"kind": "mlp", "hidden": [64]},
+        "optim": {"lr": 0.1, "batch_size": 8},
+        # trials of about a second, so that the second process (started while the first
+        # already trains) gets its share
+        "train": {"max_epochs": 20},
+        "sweep": {"n_trials": 8, "pruner": "none", "lr_find": {"epochs": 1}, "space": {"lr": "auto"}},
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -427,18 +431,18 @@ def test_two_workers_share_the_default_stores(tmp_path, _mlflow_template_db):
     assert done.returncode == 0, done.stderr
     assert "database is locked" not in done.stderr and "warning" not in done.stderr
     payload = json.loads(done.stdout)
-    assert payload["counts"] == {"COMPLETE": 6, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
+    assert payload["counts"] == {"COMPLETE": 8, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
     workers = {t["number"]: None for t in payload["trials"]}
     study = optuna.load_study(study_name="iris-sweep", storage=journal(tmp_path / "optuna.journal"))
     pids = {t.user_attrs["bpexp.worker"]["pid"] for t in study.trials}
-    assert len(pids) == 2 and len(workers) == 6  # both processes ran trials
+    assert len(pids) == 2 and len(workers) == 8  # both processes ran trials
     low, high = (payload["lr_find"]["suggestions"]["max_lr"]["lr"] / 3, payload["lr_find"]["suggestions"]["max_lr"]["lr"] * 3)
     assert all(low <= t["params"]["optim.lr"] <= high for t in payload["trials"])
     client, runs = _runs(tmp_path, "bpexp")
     kinds = [r.data.tags.get("bpexp.kind") for r in runs]
-    assert sorted(kinds) == sorted(["sweep", "lr_find"] + ["trial"] * 6)
+    assert sorted(kinds) == sorted(["sweep", "lr_find"] + ["trial"] * 8)
     trial_runs = [r for r in runs if r.data.tags.get("bpexp.kind") == "trial"]
-    assert sorted(int(r.data.params["trial_number"]) for r in trial_runs) == list(range(6))
+    assert sorted(int(r.data.params["trial_number"]) for r in trial_runs) == list(range(8))
     assert all(r.info.status == "FINISHED" for r in trial_runs)
     assert all(r.data.tags["mlflow.parentRunId"] == payload["parent_run_id"] for r in runs if r.data.tags.get("bpexp.kind") != "sweep")
 

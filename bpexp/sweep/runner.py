@@ -232,7 +232,7 @@ def run_sweep(
         if workers == 1:
             run_worker(job, spec=spec, tracker=tracker, on_trial=report)
         else:
-            _run_processes(job, workers, report)
+            _run_processes(job, workers, report, spec, tracker)
     except KeyboardInterrupt:
         interrupted = True
     outcome = _summarise(study, spec, storage_url, tracker, parent_run_id, target, started, auto=auto)
@@ -349,8 +349,16 @@ def _ensure_lr_auto(study: "optuna.Study", spec: SweepSpec, tracker: "Tracker", 
     return {k: s.lr for k, s in result.suggestions.items()}
 
 
-def _run_processes(job: WorkerJob, workers: int, report: Callable[[], None]) -> None:
-    """Run ``workers`` worker processes on this machine and poll the study for progress until they end."""
+def _run_processes(job: WorkerJob, workers: int, report: Callable[..., None], spec: SweepSpec, tracker: "Tracker") -> None:
+    """Run ``workers`` workers on this machine: this process and ``workers - 1`` worker processes.
+
+    This process is one of the workers (its imports are already paid for); the
+    others start with their BLAS threads limited through the environment, set before
+    numpy loads, and this process limits its own with threadpoolctl, so that the
+    workers together use one thread per core.
+    """
+    from threadpoolctl import threadpool_limits
+
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = dict(os.environ)
     for var in THREAD_VARS:
@@ -359,7 +367,7 @@ def _run_processes(job: WorkerJob, workers: int, report: Callable[[], None]) -> 
     procs: list[tuple[subprocess.Popen, Path]] = []
     with tempfile.TemporaryDirectory(prefix="bpexp-workers-") as tmp:
         try:
-            for index in range(workers):
+            for index in range(1, workers):
                 job_path = Path(tmp, f"job-{index}.json")
                 worker_job = WorkerJob(**{**asdict(job), "worker_index": index})
                 job_path.write_text(worker_job.to_json())
@@ -373,8 +381,10 @@ def _run_processes(job: WorkerJob, workers: int, report: Callable[[], None]) -> 
                         stdin=subprocess.DEVNULL,
                     )
                 procs.append((proc, log_path))
+            with threadpool_limits(limits=threads):
+                run_worker(job, spec=spec, tracker=tracker, on_trial=report)
             while any(proc.poll() is None for proc, _ in procs):
-                time.sleep(1.0)
+                time.sleep(0.5)
                 report()
         except KeyboardInterrupt:
             for proc, _ in procs:
@@ -386,7 +396,7 @@ def _run_processes(job: WorkerJob, workers: int, report: Callable[[], None]) -> 
                 except subprocess.TimeoutExpired:
                     proc.kill()
             raise
-        for index, (proc, log_path) in enumerate(procs):
+        for index, (proc, log_path) in enumerate(procs, start=1):
             if proc.returncode != 0:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
                 print(f"bpexp: warning: sweep worker {index} exited with {proc.returncode}: " + " | ".join(tail), file=sys.stderr)

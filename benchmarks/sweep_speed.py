@@ -1,0 +1,180 @@
+"""How much a sweep pays for tracking, what a second worker buys, and what pruning saves.
+
+Runs ``bpexp sweep SPEC --json`` as a user would (a fresh folder per run, so every
+run starts from an empty study) and reports, in one run:
+
+1. tracking cost: the sweep's wall time with MLflow tracking (the default SQLite
+   store, already created, as after a first run) against ``--no-track``, interleaved
+   and repeated; goal ≤ 5 %;
+2. throughput: finished trials (and epochs) per minute with 1 and 2 workers; goal
+   ≥ 1.8× with 2 workers on 2 cores;
+3. pruning: the epochs the sweep spends with its pruner against the same sweep
+   with ``pruner: none``, and both best values.
+
+Usage::
+
+    python benchmarks/sweep_speed.py                       # experiments/digits_sweep.yaml
+    python benchmarks/sweep_speed.py --spec my_sweep.yaml --repeats 3 --json
+
+Not a test: the figures depend on the machine and its load. Progress goes to stderr,
+the table (or ``--json``) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = ROOT / "experiments" / "digits_sweep.yaml"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def migrated_store(folder: Path) -> Path:
+    """An empty, already migrated MLflow SQLite file (creating one takes seconds, once per store)."""
+    path = folder / "template.db"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    subprocess.run(
+        [sys.executable, "-c", f"from mlflow import MlflowClient; MlflowClient('sqlite:///{path}').search_experiments()"],
+        check=True, env=env, capture_output=True,
+    )
+    return path
+
+
+def run_sweep(spec: Path, template: Path, *args: str) -> dict[str, Any]:
+    """One ``bpexp sweep`` in a fresh folder; returns its --json object plus the command's wall time."""
+    folder = Path(tempfile.mkdtemp(prefix="bpexp-bench-"))
+    try:
+        shutil.copyfile(template, folder / "mlflow.db")
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "bpexp.cli", "sweep", str(spec), "--json", *args],
+            cwd=folder, env=env, capture_output=True, text=True,
+        )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"bpexp sweep {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+        payload = json.loads(done.stdout)
+        payload["wall"] = wall
+        payload["epochs_total"] = sum(t["epochs"] or 0 for t in payload["trials"])
+        payload["finished_trials"] = payload["counts"]["COMPLETE"] + payload["counts"]["PRUNED"]
+        return payload
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def no_pruning_spec(spec: Path, folder: Path) -> Path:
+    raw = yaml.safe_load(spec.read_text())
+    raw["sweep"]["pruner"] = {"name": "none"}
+    path = folder / "no_pruning.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="a sweep spec [experiments/digits_sweep.yaml]")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each tracked/untracked/2-worker variant [2]")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bpexp-bench-root-"))
+    try:
+        template = migrated_store(work)
+        variants = {"tracked, 1 worker": [], "--no-track, 1 worker": [], "tracked, 2 workers": []}
+        flags = {"tracked, 1 worker": [], "--no-track, 1 worker": ["--no-track"], "tracked, 2 workers": ["--workers", "2"]}
+        order = list(variants)
+        for repeat in range(args.repeats):
+            # interleave, rotating the order, so that drifting machine load hits every variant alike
+            for name in order[repeat % 3:] + order[: repeat % 3]:
+                log(f"[{repeat + 1}/{args.repeats}] {name} ...")
+                result = run_sweep(args.spec, template, *flags[name])
+                log(f"    {result['wall']:.1f} s wall, {result['finished_trials']} trials, {result['epochs_total']} epochs")
+                variants[name].append(result)
+        log("without pruning ...")
+        unpruned = run_sweep(no_pruning_spec(args.spec, work), template)
+        log(f"    {unpruned['wall']:.1f} s wall, {unpruned['epochs_total']} epochs")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    tracked = median([r["wall"] for r in variants["tracked, 1 worker"]])
+    untracked = median([r["wall"] for r in variants["--no-track, 1 worker"]])
+    two = median([r["wall"] for r in variants["tracked, 2 workers"]])
+
+    def per_minute(runs: list[dict], key: str) -> float:
+        return median([r[key] / (r["wall"] / 60) for r in runs])
+
+    one_tpm = per_minute(variants["tracked, 1 worker"], "finished_trials")
+    two_tpm = per_minute(variants["tracked, 2 workers"], "finished_trials")
+    one_epm = per_minute(variants["tracked, 1 worker"], "epochs_total")
+    two_epm = per_minute(variants["tracked, 2 workers"], "epochs_total")
+    pruned = variants["tracked, 1 worker"][0]
+    report = {
+        "spec": str(args.spec),
+        "repeats": args.repeats,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "tracking": {
+            "tracked_wall_s": tracked,
+            "untracked_wall_s": untracked,
+            "overhead_fraction": (tracked - untracked) / untracked,
+            "tracked_runs_s": [round(r["wall"], 2) for r in variants["tracked, 1 worker"]],
+            "untracked_runs_s": [round(r["wall"], 2) for r in variants["--no-track, 1 worker"]],
+            "goal": "<= 0.05",
+        },
+        "workers": {
+            "one_worker_trials_per_min": one_tpm,
+            "two_workers_trials_per_min": two_tpm,
+            "speedup_trials": two_tpm / one_tpm,
+            "one_worker_epochs_per_min": one_epm,
+            "two_workers_epochs_per_min": two_epm,
+            "speedup_epochs": two_epm / one_epm,
+            "two_workers_wall_s": two,
+            "goal": ">= 1.8",
+        },
+        "pruning": {
+            "epochs_with_pruning": pruned["epochs_total"],
+            "epochs_without_pruning": unpruned["epochs_total"],
+            "epochs_saved_fraction": 1 - pruned["epochs_total"] / unpruned["epochs_total"],
+            "best_with_pruning": pruned["best_trial"]["value"],
+            "best_without_pruning": unpruned["best_trial"]["value"],
+            "pruned_trials": pruned["counts"]["PRUNED"],
+            "objective": pruned["objectives"],
+        },
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    t, w, p = report["tracking"], report["workers"], report["pruning"]
+    print(f"sweep speed: {args.spec.name}, {report['cores']} cores, median of {args.repeats} interleaved runs")
+    print(f"  tracking    tracked {t['tracked_wall_s']:.1f} s vs --no-track {t['untracked_wall_s']:.1f} s: "
+          f"{100 * t['overhead_fraction']:+.1f} % (goal ≤ 5 %)")
+    print(f"  workers     1 worker {w['one_worker_trials_per_min']:.1f} trials/min, 2 workers {w['two_workers_trials_per_min']:.1f}: "
+          f"{w['speedup_trials']:.2f}× (epochs/min {w['speedup_epochs']:.2f}×; goal ≥ 1.8×)")
+    print(f"  pruning     {p['epochs_with_pruning']} epochs with the pruner ({p['pruned_trials']} trials pruned) vs "
+          f"{p['epochs_without_pruning']} without ({100 * p['epochs_saved_fraction']:.0f} % saved); best {p['objective'][0]} "
+          f"{p['best_with_pruning']:.4f} vs {p['best_without_pruning']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
