@@ -110,6 +110,19 @@ def pg_databases():
 
 
 @pytest.fixture(scope="session")
+def mlflow_pg_uri(pg_databases):
+    """A PostgreSQL MLflow backend store, migrated once per session (MLflow's schema takes seconds to create)."""
+    import os
+
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = pg_databases("mlflow")
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 and a free port; yields its http:// URI.
 

@@ -407,7 +407,7 @@ def test_objective_values_follow_their_directions(digits32):
 # ------------------------------------------------------- workers on one machine
 
 
-def test_two_workers_share_the_default_stores(tmp_path, _mlflow_template_db):
+def test_two_workers_share_the_default_stores(tmp_path, monkeypatch, _mlflow_template_db):
     """--workers 2 on the SQLite tracking file and the journal: n trials exactly, one run each, lr: auto once."""
     import shutil
 
@@ -423,12 +423,10 @@ def test_two_workers_share_the_default_stores(tmp_path, _mlflow_template_db):
         "sweep": {"n_trials": 8, "pruner": "none", "lr_find": {"epochs": 1}, "space": {"lr": "auto"}},
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bpexp.cli", "sweep", "s.yaml", "--workers", "2", "--json"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(cli, ["sweep", "s.yaml", "--workers", "2", "--json"], env={"MLFLOW_TRACKING_URI": None})
+    assert done.exit_code == 0, done.output
+    # the worker process's errors would be echoed here as warnings
     assert "database is locked" not in done.stderr and "warning" not in done.stderr
     payload = json.loads(done.stdout)
     assert payload["counts"] == {"COMPLETE": 8, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
@@ -486,8 +484,13 @@ def test_a_killed_sweep_resumes(tmp_path, _mlflow_template_db):
     assert killed_at is not None, "the sweep finished before a trial could be interrupted"
     before = optuna.load_study(study_name="iris-sweep", storage=journal(storage_path)).trials
     kept = {t.number: t.value for t in before if t.state.name == "COMPLETE"}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:  # the restart, in this process
+        done = CliRunner().invoke(cli, ["sweep", "s.yaml", "--json"], env={"MLFLOW_TRACKING_URI": None})
+    finally:
+        os.chdir(cwd)
+    assert done.exit_code == 0, done.output
     payload = json.loads(done.stdout)
     states = {t["number"]: t["state"] for t in payload["trials"]}
     assert states[killed_at] == "FAIL"

@@ -24,22 +24,22 @@ from bpexp.tracking import MlflowTracker
 
 SPEC = {
     "name": "pg-sweep",
-    "experiment": "pg",
+    "experiment": "pg-sweep",
     "data": {"name": "iris"},
     "optim": {"lr": 0.3, "batch_size": 16},
     "train": {"max_epochs": 4},
     "sweep": {
-        "n_trials": 6,
+        "n_trials": 4,
         "pruner": "none",
         "space": {"optim.lr": {"low": 0.01, "high": 1.0, "log": True}, "schedule.name": {"choices": ["constant", "one_cycle"]}},
     },
 }
 
 
-def test_two_machines_share_one_study_on_postgresql(tmp_path, pg_databases):
-    """Two `bpexp sweep` processes started at once on empty databases, as two machines would."""
+def test_two_machines_share_one_study_on_postgresql(tmp_path, pg_databases, mlflow_pg_uri):
+    """Two `bpexp sweep` processes started at once on an empty study database, as two machines would."""
     storage = pg_databases("optuna")
-    tracking = pg_databases("mlflow")
+    tracking = mlflow_pg_uri
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(SPEC))
     command = [sys.executable, "-m", "bpexp.cli", "sweep", "s.yaml", "--storage", storage, "--tracking-uri", tracking, "--json"]
     procs = [
@@ -55,17 +55,17 @@ def test_two_machines_share_one_study_on_postgresql(tmp_path, pg_databases):
 
     study = optuna.load_study(study_name="pg-sweep", storage=storage)
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 6 and len(states) == 6
+    assert states.count("COMPLETE") == 4 and len(states) == 4
     pids = {t.user_attrs[ATTR_WORKER]["pid"] for t in study.trials}
     assert len(pids) == 2  # both processes ran trials
 
     client = MlflowClient(tracking)
-    experiment = client.get_experiment_by_name("pg")
+    experiment = client.get_experiment_by_name("pg-sweep")
     runs = client.search_runs([experiment.experiment_id])
     parent = payloads[0]["parent_run_id"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
-    assert len(runs) == 7 and len(children) == 6
-    assert sorted(int(r.data.params["trial_number"]) for r in children) == list(range(6))
+    assert len(runs) == 5 and len(children) == 4
+    assert sorted(int(r.data.params["trial_number"]) for r in children) == list(range(4))
     assert {r.info.run_id for r in children} == {t.user_attrs[ATTR_RUN_ID] for t in study.trials}
     for run in children:
         assert run.info.status == "FINISHED"

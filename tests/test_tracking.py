@@ -51,16 +51,10 @@ def tracker(request, tmp_path) -> Tracker:
     elif request.param == "server":
         tracker = MlflowTracker(request.getfixturevalue("mlflow_server"), experiment)
     else:
-        url = request.getfixturevalue("tracking_pg_url")
+        url = request.getfixturevalue("mlflow_pg_uri")
         tracker = MlflowTracker(url, experiment)
     tracker.check()
     return tracker
-
-
-@pytest.fixture(scope="session")
-def tracking_pg_url(pg_databases):
-    """One PostgreSQL database for the MLflow backend store, shared by this module's tests."""
-    return pg_databases("mlflow")
 
 
 def _stores(tracker: Tracker) -> bool:
