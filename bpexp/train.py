@@ -32,6 +32,9 @@ class History:
     ``update_norm`` is ‖θ_end − θ_start‖ over the epoch and ``path_length`` the sum of
     the per-step ‖Δθ‖: their ratio near 0 means the updates cancel each other.
     ``grad_norm`` is the root mean square of the per-step minibatch gradient norms.
+    ``batch_loss`` is the mean of the minibatch losses met during the epoch (each before
+    its update); far below the end-of-epoch ``train_loss`` it means each batch is fit and
+    then forgotten, as when sorted labels make consecutive updates undo each other.
     ``initial`` holds the losses and accuracies before the first update.
     """
 
@@ -46,6 +49,7 @@ class History:
     path_length: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     iterations: list[int] = field(default_factory=list)
+    batch_loss: list[float] = field(default_factory=list)
     initial: dict[str, float] = field(default_factory=dict)
     step_loss: list[float] = field(default_factory=list)
     step_lr: list[float] = field(default_factory=list)
@@ -62,6 +66,7 @@ class History:
         "path_length",
         "grad_norm",
         "iterations",
+        "batch_loss",
     )
 
     def __len__(self) -> int:
@@ -173,6 +178,7 @@ class EpochSteps:
     path_length: float  # Σ‖Δθ‖ over the steps
     grad_sq_sum: float  # Σ‖g‖² over the steps
     diverged: bool  # a step's loss or update was not finite; the epoch stopped there
+    loss_sum: float = 0.0  # Σ minibatch loss over the steps, each measured before its update
 
 
 def run_epoch(
@@ -214,7 +220,7 @@ def run_epoch(
             raise ValueError(f"order: indices must lie in [0, {len(y)}); got {order.min()}..{order.max()}")
         if buffers is None:
             buffers = EpochBuffers.for_batches(batch, X, y)
-    path = g2_sum = 0.0
+    path = g2_sum = loss_sum = 0.0
     steps = 0
     diverged = False
     # a diverging step is detected below and reported in the result, not warned about
@@ -233,6 +239,7 @@ def run_epoch(
             g2, u2 = optimizer.step(model.params, model.grads, lr)  # 3. update
             path += math.sqrt(u2)  # 4. record
             g2_sum += g2
+            loss_sum += loss
             steps += 1
             t += 1
             if record is not None:
@@ -241,7 +248,7 @@ def run_epoch(
             if not math.isfinite(loss) or not math.isfinite(u2):
                 diverged = True
                 break
-    return EpochSteps(steps, t, path, g2_sum, diverged)
+    return EpochSteps(steps, t, path, g2_sum, diverged, loss_sum)
 
 
 def train(
@@ -326,6 +333,7 @@ def train(
             history.update_norm.append(update_norm)
             history.path_length.append(done.path_length)
             history.grad_norm.append(math.sqrt(done.grad_sq_sum / max(done.steps, 1)))
+            history.batch_loss.append(done.loss_sum / done.steps if done.steps else math.nan)
             history.iterations.append(t)
             if on_epoch is not None:
                 on_epoch(epoch, history)

@@ -26,7 +26,7 @@ from bpexp.train import History, train
 
 
 def make_history(loss, *, val_loss=None, acc=None, val_acc=None, lr=0.1, steps=32, initial_loss=None,
-                 update_norm=None, path_length=None, weight_norm=None) -> History:
+                 update_norm=None, path_length=None, weight_norm=None, batch_loss=None) -> History:
     """A History with the given per-epoch series (constants broadcast)."""
     loss = [float(v) for v in loss]
     n = len(loss)
@@ -50,6 +50,7 @@ def make_history(loss, *, val_loss=None, acc=None, val_acc=None, lr=0.1, steps=3
     h.path_length = series(path_length, 0.2)
     h.grad_norm = [1.0] * n
     h.iterations = [steps * (i + 1) for i in range(n)]
+    h.batch_loss = [] if batch_loss is None else [float(b) * v for b, v in zip(np.broadcast_to(batch_loss, n), loss)]
     first = loss[0] if n else 2.3
     h.initial = {"train_loss": first if initial_loss is None else initial_loss, "val_loss": first,
                  "train_accuracy": 0.1, "val_accuracy": 0.1, "weight_norm": 0.0}
@@ -238,14 +239,20 @@ def test_finite_difference_hvp_of_an_mlp_is_symmetric_and_matches_the_loss_curva
     np.testing.assert_array_equal(np.concatenate([p.ravel() for p in model.params]), flat)  # weights restored
 
 
-def test_top_hessian_eigenvalue_of_the_perceptron_at_zero_is_the_covariance_over_k(digits32, make_config):
-    # at A = 0 every p is uniform, so H = (I/K − 11ᵀ/K²) ⊗ XᵀX/n and λ_max = λ_max(XᵀX/n)/K
+def test_top_hessian_eigenvalue_of_the_perceptron_at_zero_has_a_closed_form(digits32, make_config):
+    # at A = 0 every p is uniform, so H = (I/K − 11ᵀ/K²) ⊗ XᵀX/n (+ λ₂ on the weights)
+    X = digits32.train.X.astype(np.float64)
+    zeros = np.zeros((10, X.shape[1]))
+    rng = np.random.default_rng(0)
+    for l2 in (0.0, 0.01):
+        lanczos = phy.lanczos_top(phy.perceptron_hvp(zeros, X, l2), zeros.size, rng, steps=60, tol=1e-12)
+        closed = phy.zero_perceptron_top(X, 10, l2)
+        assert lanczos <= closed + 1e-9 and closed - l2 <= lanczos + 1e-9
+        if l2 == 0.0:
+            assert closed == pytest.approx(lanczos, rel=1e-9)
     config = make_config(data={"name": "digits"})
     model = Perceptron(digits32.n_features, 10)
-    X = digits32.train.X.astype(np.float64)
-    expected = np.linalg.eigvalsh(X.T @ X / len(X))[-1] / 10
-    h = phy.top_hessian_eigenvalue(model, config, X, digits32.train.y, seed=0)
-    assert h == pytest.approx(expected, rel=1e-3)
+    assert phy.top_hessian_eigenvalue(model, config, X, digits32.train.y, seed=0) == phy.zero_perceptron_top(X, 10, 0.0)
 
 
 @pytest.mark.parametrize("name,momentum", [("sgd", 0.0), ("momentum", 0.9), ("momentum", 0.5), ("nesterov", 0.9), ("nesterov", 0.5)])
@@ -489,14 +496,36 @@ def test_flat_minimum_never_for_full_batch_or_a_sinking_level(rng):
 
 @pytest.mark.parametrize("gain,found", [(0.08, True), (0.12, False)])
 def test_non_convergence_needs_a_real_floor_above_stop_loss(gain, found):
+    # minibatches: the floor is real only if safe full-batch steps cannot lower it by 10 %
     loss = list(0.2 + 1.8 * np.exp(-np.arange(80) / 4))
-    config = cfg(**{"optim.batch_size": "full", "train.stop_loss": 0.1, "train.max_epochs": 80})
+    config = cfg(**{"train.stop_loss": 0.1, "train.max_epochs": 80})
     v = view(make_history(loss, initial_loss=2.3), config)
     result = det.non_convergence(v, FakePhysics(h_end=1.0, polish_gain=gain), {})
     assert (result is not None) == found
     if found:
         assert result.suggested_config == {"train.stop_loss": adv.round_up(1.1 * min(loss))}
         assert "stop_loss 0.1 is below the training loss floor 0.2" in result.advice
+
+
+@pytest.mark.parametrize("pace,found", [(0.08, True), (0.12, False)])
+def test_non_convergence_needs_the_gap_to_stop_loss_no_longer_closing(pace, found):
+    # the last quarter lowers the loss by `pace` × the gap that remains to stop_loss 0.1
+    d = pace * 0.2 / (1 + pace)
+    loss = list(np.linspace(2.3, 0.3, 20)) + [0.3] * 40 + [0.3 - d] * 20
+    config = cfg(**{"optim.batch_size": "full", "train.stop_loss": 0.1, "train.max_epochs": 80})
+    result = det.non_convergence(view(make_history(loss, initial_loss=2.3), config), None, {})
+    assert (result is not None) == found
+    if found:
+        assert result.evidence["last_quarter_fall_over_gap"] == pytest.approx(pace)
+
+
+def test_non_convergence_of_a_full_batch_run_needs_no_polish():
+    loss = list(0.2 + 1.8 * np.exp(-np.arange(80) / 4))
+    config = cfg(**{"optim.batch_size": "full", "train.stop_loss": 0.1, "train.max_epochs": 80})
+    phys = FakePhysics(h_end=1.0, polish_gain=0.5)  # would veto, if it were asked
+    assert det.non_convergence(view(make_history(loss, initial_loss=2.3), config), phys, {}) is not None
+    below = cfg(**{"optim.batch_size": "full", "train.stop_loss": 0.25, "train.max_epochs": 80})
+    assert det.non_convergence(view(make_history(loss, initial_loss=2.3), below), phys, {}) is None
 
 
 def test_non_convergence_waits_while_the_loss_still_falls():
@@ -596,6 +625,19 @@ def test_bad_ordering_needs_the_twin_twenty_percent_below_the_run(twin_loss, fou
     assert (result is not None) == found
     if found:
         assert result.suggested_config == {"data.order": "shuffled"}
+
+
+@pytest.mark.parametrize("forget,found", [(0.65, True), (0.75, False)])
+def test_bad_ordering_needs_batches_that_are_fit_then_forgotten(forget, found):
+    # batch_loss = forget × the end-of-epoch loss; a fixed order qualifies on this signal alone
+    h = make_history([1.5] + [1.0] * 59, batch_loss=forget)
+    v = view(h, cfg(**{"data.order": "fixed", "optim.batch_size": 1}), summary(), final={"train_loss": 1.0})
+    twin = phy.Twin(epoch=3, run_loss=1.0, twin_loss=0.5, seconds=0.01)
+    assert (det.bad_ordering(v, FakePhysics(twin=twin), {}) is not None) == found
+    history_only = det.bad_ordering(v, None, {})
+    assert (history_only is not None) == found
+    if found:
+        assert history_only.confidence < 0.8 and history_only.evidence["batch_over_epoch_loss"] == pytest.approx(forget)
 
 
 def test_bad_ordering_is_never_suspected_for_shuffled_or_full_batch_runs():

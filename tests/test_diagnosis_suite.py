@@ -98,6 +98,17 @@ def test_the_oracle_puts_the_lr_cases_where_they_claim():
     assert by_name["stop_below_floor"].config(0).train.stop_loss == pytest.approx(0.5 * ce, rel=1e-2)
 
 
+def test_sorted_separable_digits_end_where_shuffled_ones_do():
+    # the label of the sorted_separable negative: the order costs nothing by the end
+    case = next(c for c in CORE if c.name == "sorted_separable")
+    for seed in SEEDS[:2]:
+        config = case.config(seed)
+        shuffled = config_from_dict(apply_overrides(config.model_dump(mode="json"), {"data.order": "shuffled"}))
+        a, b = train(config, dataset_for(config)), train(shuffled, dataset_for(shuffled))
+        assert a.final["train_loss"] == pytest.approx(b.final["train_loss"], rel=0.05)
+        assert a.final["val_accuracy"] >= b.final["val_accuracy"] - 0.02
+
+
 # ------------------------------------------------------------------- gallery
 
 

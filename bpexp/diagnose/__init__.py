@@ -38,17 +38,21 @@ class Diagnosis(list):
 
     Attributes:
         seconds: wall time of the whole diagnosis.
-        check_seconds: time per physical check (``h_end``, ``h_init``, ``recall``,
+        check_seconds: wall time per physical check (``h_end``, ``h_init``, ``recall``,
             ``knn``, ``polish``, ``twin``), for the checks that ran.
+        check_cpu_seconds: the same in CPU time of this process.
     """
 
     seconds: float = 0.0
     check_seconds: dict[str, float]
+    check_cpu_seconds: dict[str, float]
 
-    def __init__(self, findings=(), seconds: float = 0.0, check_seconds: dict[str, float] | None = None) -> None:
+    def __init__(self, findings=(), seconds: float = 0.0, check_seconds: dict[str, float] | None = None,
+                 check_cpu_seconds: dict[str, float] | None = None) -> None:
         super().__init__(findings)
         self.seconds = seconds
         self.check_seconds = dict(check_seconds or {})
+        self.check_cpu_seconds = dict(check_cpu_seconds or {})
 
 
 def _run(view: RunView, phys: RunPhysics | None) -> list[Finding]:
@@ -83,7 +87,7 @@ def diagnose(result, *, lr_find: Any = None, twin: bool = True) -> Diagnosis:
     view.lr_find = lr_find
     phys = RunPhysics(result, twin=twin)
     findings = _run(view, phys)
-    return Diagnosis(findings, time.perf_counter() - started, phys.seconds)
+    return Diagnosis(findings, time.perf_counter() - started, phys.seconds, phys.cpu_seconds)
 
 
 def _summary(dataset) -> dict:

@@ -119,6 +119,19 @@ def perceptron_hvp(A: np.ndarray, X: np.ndarray, l2: float) -> Callable[[np.ndar
     return hvp
 
 
+def zero_perceptron_top(X: np.ndarray, n_classes: int, l2: float) -> float:
+    """λ_max of the perceptron's Hessian at A = 0, in closed form.
+
+    At A = 0 every pᵢ is uniform, so diag(p) − ppᵀ = (I − 11ᵀ/K)/K for every sample and
+    H = (I − 11ᵀ/K)/K ⊗ XᵀX/n + λ₂·(I ⊗ diag(1, …, 1, 0)), whose top eigenvalue lies in
+    [λ_max(XᵀX/n)/K, λ_max(XᵀX/n)/K + λ₂]; the upper end is returned. It costs one
+    (D+1)×(D+1) eigenvalue problem instead of a Lanczos run.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    gram = X.T @ X / len(X)  # (D+1, D+1)
+    return float(np.linalg.eigvalsh(gram)[-1] / n_classes + l2)
+
+
 def finite_difference_hvp(model: Model, X: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """H·v ≈ (∇J(θ + εv) − ∇J(θ − εv)) / 2ε on ``model`` (a float64 model, dropout off).
 
@@ -176,6 +189,8 @@ def top_hessian_eigenvalue(model: Model, config, X: np.ndarray, y: np.ndarray, s
     ys = y if idx is None else y[idx]
     rng = np.random.default_rng([seed, 8])
     if isinstance(model, Perceptron):
+        if not np.any(model.A):
+            return zero_perceptron_top(Xs, model.n_classes, model.l2)
         return lanczos_top(perceptron_hvp(model.A, Xs, model.l2), model.A.size, rng)
     n_features = X.shape[1] - 1
     twin = float64_copy(model, config, n_features, model.n_classes, seed)
@@ -232,9 +247,10 @@ class Polish:
         return (self.before - self.after) / self.after
 
 
-POLISH_STEPS = 30
-"""Safe steps from the final weights: enough to remove the noise a minibatch run leaves in
-the stiff directions (each shrinks by (1 − h/λ_max)^30), cheap next to any training run."""
+POLISH_STEPS = 10
+"""Safe steps from the final weights: enough to remove most of the noise a minibatch run
+leaves in the stiff directions (each shrinks by (1 − h/λ_max)^10), and no more than ten
+full-batch gradients, a few per cent of any minibatch run that reaches this check."""
 
 
 def polish(model: Model, config, X: np.ndarray, y: np.ndarray, h_max: float, seed: int,
@@ -392,7 +408,8 @@ __all__ = [
 class RunPhysics:
     """The physical checks of one finished run, each computed on first use and kept.
 
-    ``seconds`` records what each check cost, so a diagnosis can report its own price.
+    ``seconds`` (wall) and ``cpu_seconds`` (this process's CPU) record what each check
+    cost, so a diagnosis can report its own price.
     """
 
     def __init__(self, result, *, twin: bool = True) -> None:
@@ -402,13 +419,15 @@ class RunPhysics:
         self.dataset = result.dataset
         self.allow_twin = twin
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
         self._cache: dict[str, object] = {}
 
     def _timed(self, name: str, compute):
         if name not in self._cache:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             self._cache[name] = compute()
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            self.seconds[name] = time.perf_counter() - started
+            self.cpu_seconds[name] = time.process_time() - cpu
         return self._cache[name]
 
     @property

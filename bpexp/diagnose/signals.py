@@ -16,6 +16,9 @@ LATE_START = 0.3
 """Loss checks look at the epochs after the first 30 % of the run: AutoTrainer (Zhang et al.,
 "AUTOTRAINER: An Automatic DNN Training Problem Detection and Repair System", ICSE 2021)
 starts its loss checks after 30 % of the training budget, when the start-up transient is over."""
+MIN_FALL = 0.01
+"""A loss that fell by less than 1 % of its starting value has made no fall worth sharing out
+(a linear model on circles sits at log 2 from the first epoch)."""
 MIN_LATE_POINTS = 6
 """Fewer late epochs than this leave no trend or oscillation to read."""
 DIVERGE_RATIO = 2.0
@@ -41,6 +44,7 @@ class RunView:
     update_norm: np.ndarray
     path_length: np.ndarray
     weight_norm: np.ndarray
+    batch_loss: np.ndarray
     initial: dict[str, float]
     final: dict[str, float]
     n_train: int
@@ -117,6 +121,7 @@ def view_of(history, config, data_summary: dict | None, *, stop_reason: str | No
         update_norm=get("update_norm"),
         path_length=get("path_length"),
         weight_norm=get("weight_norm"),
+        batch_loss=get("batch_loss"),
         initial=initial,
         final={},
         n_train=n_train,
@@ -230,7 +235,8 @@ def level(series: np.ndarray, index: int, width: int = 3) -> float:
 def tail_share(series: np.ndarray, start: float, first: float) -> float:
     """Share of the total fall (from ``first`` to the end) made after fraction ``start`` of the run.
 
-    Near 0 when the curve has flattened; about 1 − start for a straight line.
+    Near 0 when the curve has flattened; about 1 − start for a straight line. NaN when the
+    whole fall is under :data:`MIN_FALL` of ``first``: a share of nothing is noise.
     """
     n = len(series)
     if n < 4 or not math.isfinite(first):
@@ -239,7 +245,7 @@ def tail_share(series: np.ndarray, start: float, first: float) -> float:
     end = level(series, n - 1)
     mid = level(series, q)
     total = first - end
-    if not (math.isfinite(end) and math.isfinite(mid)) or total <= 0:
+    if not (math.isfinite(end) and math.isfinite(mid)) or total <= MIN_FALL * abs(first):
         return math.nan
     return (mid - end) / total
 
@@ -289,6 +295,20 @@ def window_divergence(loss: np.ndarray, floor: float) -> bool:
         return False
     low = float(window.min())
     return low > 0 and loss[-1] >= DIVERGE_RATIO * low and loss[-1] - low >= floor
+
+
+def forgetting_ratio(view: RunView) -> float:
+    """Median over the late epochs of (mean minibatch loss during the epoch) / (loss at its end).
+
+    About 1 when what a batch teaches is kept (a little above, since each minibatch loss is
+    measured before its update); far below 1 when each batch is fit and then undone by the
+    next, the mark of consecutive updates that cancel. NaN without ``batch_loss``.
+    """
+    start = late_start(view.n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = view.batch_loss[start:] / view.loss[start:]
+    ratio = ratio[np.isfinite(ratio)]
+    return float(np.median(ratio)) if len(ratio) else math.nan
 
 
 def label_perplexity(counts: list[int] | np.ndarray) -> float:
