@@ -367,15 +367,15 @@ class MLP(Model):
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
         B = X.shape[0]
         last = len(self.W) - 1
-        keep = 1.0 - self.dropout
-        scale = self.dtype.type(1.0 / keep)
+        dropout = self.dropout > 0.0 and rng is not None
+        scale = self.dtype.type(1.0 / (1.0 - self.dropout)) if dropout else None
         # ---- forward, keeping each layer's output for backward
         acts = [X]  # acts[i] is the input of layer i
         a = X
         for i in range(last):
             a = self._dense(a, i, self._names[i][0])  # (B, H_i)
             np.maximum(a, 0, out=a)  # ReLU: a = max(z, 0)
-            if self.dropout > 0.0 and rng is not None:
+            if dropout:
                 # inverted dropout: zero a unit with probability p, scale the rest by 1/(1−p)
                 u = self._buffer(self._names[i][1], a.shape)
                 rng.random(out=u, dtype=u.dtype)  # float32 models draw float32 uniforms
@@ -400,7 +400,7 @@ class MLP(Model):
             np.matmul(d, self.W[i].T, out=d_in)  # (B, out) @ (out, in) -> (B, in)
             # through ReLU and dropout: a = relu(z)·m/(1−p), so da/dz = [a > 0]/(1−p)
             d_in *= a_in > 0
-            if self.dropout > 0.0 and rng is not None:
+            if dropout:
                 d_in *= scale
             d = d_in
         self._add_l2_grad()
