@@ -544,19 +544,20 @@ def _run_lr_find(exp: Experiment, tracker: "Tracker", stop: threading.Event | No
 
 
 class _SweepProgress:
-    """The sweep's progress callback: prints progress, and turns a stop request into a stop after the running trials.
+    """The sweep's progress callback: prints progress, and turns a stop request into a stop once no trial runs.
 
-    One worker (this process): the callback runs between trials, so it raises at once.
-    Several worker processes: it first takes the study's slot lock, which every worker
-    needs before it asks for a trial; once no trial is running, every worker is idle
-    or waiting on that lock, and raising makes the sweep terminate them.
+    The sweep calls it between this process's trials (and while it waits for its
+    worker processes), so no trial of this process is running then. On a stop
+    request it takes the study's slot lock, which every worker needs before it asks
+    for a trial, waits until the trials other workers are running have finished, and
+    raises: the sweep then ends its workers (idle, or waiting on that lock) and
+    closes its parent run.
     """
 
-    def __init__(self, label: str, say: Echo, stop: threading.Event | None, workers: int, storage_url: str, exp: Experiment, study_name: str) -> None:
+    def __init__(self, label: str, say: Echo, stop: threading.Event | None, storage_url: str, exp: Experiment, study_name: str) -> None:
         self.label = label
         self.say = say
         self.stop = stop
-        self.workers = workers
         self.storage_url = storage_url
         self.exp = exp
         self.study_name = study_name
@@ -564,14 +565,12 @@ class _SweepProgress:
         self._lock: Any = None
         self._study: Any = None
 
-    def __call__(self, finished: int, target: int, failed: int, status: str) -> None:
+    def __call__(self, finished: int, target: int, failed: int, status: str, *args: Any) -> None:
         if (finished, failed) != self._last:
             self._last = (finished, failed)
             self.say(f"    {self.label}: {finished}/{target} trials ({status})")
         if self.stop is None or not self.stop.is_set():
             return
-        if self.workers == 1:
-            raise Interrupted
         if self._lock is None:
             from bpexp.sweep.storage import exclusive
 
@@ -579,19 +578,28 @@ class _SweepProgress:
             lock = exclusive(self.storage_url, f"slots-{self.study_name}")
             lock.__enter__()
             self._lock = lock
-        if self._running() == 0:
-            raise Interrupted
+        while self._running() > 0:
+            time.sleep(0.5)
+        raise Interrupted
 
     def _running(self) -> int:
+        """Trials running in live workers (a dead worker's trial is failed by the next sweep)."""
         import optuna
 
         from bpexp.sweep.storage import open_storage
+        from bpexp.sweep.worker import ATTR_WORKER, process_alive
 
         if self._study is None:
             section = self.exp.sweep.sweep
             store = open_storage(self.storage_url, heartbeat_interval=section.heartbeat_interval, grace_period=section.grace_period)
             self._study = optuna.load_study(study_name=self.study_name, storage=store)
-        return len(self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        running = self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        host = _hostname()
+        return sum(
+            1
+            for t in running
+            if not (t.user_attrs.get(ATTR_WORKER) or {}).get("host") == host or process_alive(t.user_attrs[ATTR_WORKER])
+        )
 
     def close(self) -> None:
         """Let go of the slot lock, if taken."""
@@ -601,6 +609,12 @@ class _SweepProgress:
             closer = getattr(lock, "close", None)
             if closer is not None:
                 closer()
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _run_sweep(
@@ -622,7 +636,7 @@ def _run_sweep(
         from bpexp.report.build import report_after_sweep
 
         hooks.append(report_after_sweep)
-    progress = _SweepProgress(exp.name, say, stop, workers, resolve_storage(storage, tracker.uri), exp, study_name)
+    progress = _SweepProgress(exp.name, say, stop, resolve_storage(storage, tracker.uri), exp, study_name)
     try:
         outcome = run_sweep(
             exp.sweep, tracker, storage=storage, workers=workers, n_trials=item.n_trials, study_name=study_name,

@@ -43,6 +43,8 @@ log = logging.getLogger("bpexp.batch")
 
 # The stop request of the scheduler running in this process; read by each firing.
 _STOP = threading.Event()
+# Held by the firing that runs; stopping waits on it before shutting the scheduler down.
+_FIRING = threading.Lock()
 
 
 def job_id(batch: str) -> str:
@@ -92,6 +94,10 @@ def _fired_executor(max_workers: int = 1):
 
     class FireTimeExecutor(ThreadPoolExecutor):
         def _do_submit_job(self, job: Any, run_times: list) -> None:
+            if _STOP.is_set():
+                # stopping: APScheduler's loop may still hand over a firing that fell due
+                # (after our pause, or into the closed pool); it would stop at once anyway
+                return
             super()._do_submit_job(_Fired(job, run_times[-1]), run_times)
 
     return FireTimeExecutor(max_workers)
@@ -114,6 +120,21 @@ def fire(
     Returns:
         The batch run's status.
     """
+    if _STOP.is_set():
+        return "stopped"  # submitted just before the scheduler paused: the next start runs it as a missed firing
+    with _FIRING:
+        return _fire(batch_file, tracking_uri, experiment, storage, workers, fire_time, key)
+
+
+def _fire(
+    batch_file: str,
+    tracking_uri: str | None,
+    experiment: str | None,
+    storage: str | None,
+    workers: int | None,
+    fire_time: str | None,
+    key: str | None,
+) -> str:
     try:
         batch = load_batch(batch_file)
         key = key or scheduled_key(fire_time or datetime.now().astimezone().isoformat(timespec="seconds"))
@@ -208,20 +229,25 @@ def serve(
     kwargs = {"batch_file": batch_file, "tracking_uri": tracker.uri, "experiment": experiment, "storage": storage, "workers": workers}
     try:
         scheduler.start(paused=True)
-        job = _install_job(scheduler, batch.name, trigger, kwargs, misfire_grace, say)
+        _install_job(scheduler, batch.name, trigger, kwargs, misfire_grace, say)
         leftover = _unfinished_run(ledger, db, batch.name)
         if leftover is not None:
             say(f"batch {batch.name}: resuming its {leftover.status} run {leftover.id} ({leftover.key})")
             scheduler.add_job(fire, "date", jobstore="once", id=f"resume:{leftover.id}", kwargs={**kwargs, "key": leftover.key})
         scheduler.resume()
-        job = scheduler.get_job(job.id)
-        say(f"batch {batch.name}: cron {cron!r}, next run at {job.next_run_time.isoformat() if job and job.next_run_time else '-'}")
+        upcoming = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))  # after any missed firing
+        say(f"batch {batch.name}: cron {cron!r}, next run at {upcoming.isoformat() if upcoming else '-'}")
         while not stop.wait(0.5):
             pass
         say(f"batch {batch.name}: stopping (a running trial or epoch finishes first)")
     finally:
         _STOP.set()
         if scheduler.running:
+            # paused first, so that a firing due meanwhile stays due (a missed one, run at
+            # the next start), and the running firing waited for here rather than in shutdown()
+            scheduler.pause()
+            with _FIRING:
+                pass
             scheduler.shutdown(wait=True)
         engine.dispose()
         ledger.dispose()
