@@ -10,9 +10,9 @@ bounds of a cyclical schedule off the accuracy curve:
     the accuracy slows, becomes ragged, or starts to fall. These two learning
     rates are good choices for bounds." (Smith 2017, §3.3)
 
-The run works on copies: the model and optimiser a caller passes in are left
-exactly as they were (weights and optimiser state), and no random stream of
-:func:`bpexp.train.train` is consumed.
+The test leaves no trace in what training uses afterwards: it runs a fresh
+optimiser (a caller's optimiser is never touched), a model passed in gets its
+weights back exactly, and no random stream of :func:`bpexp.train.train` is consumed.
 
 Two halves, kept apart:
 
@@ -31,8 +31,8 @@ each a :class:`Suggestion` whose ``lr`` is None when the curve cannot support it
 
 from __future__ import annotations
 
-import copy
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple
@@ -60,7 +60,11 @@ __all__ = [
     "suggest_max_lr",
     "rule_of_thumb",
     "suggest",
+    "read_accuracy",
+    "AccuracyReading",
     "curve_problem",
+    "default_iterations",
+    "default_eval_every",
     "plot_data",
     "plot",
     "SUGGESTION_NAMES",
@@ -271,7 +275,6 @@ def range_test(
     epochs: float | None = None,
     mode: Literal["linear", "exp"] = "exp",
     model: Model | None = None,
-    optimizer: Optimizer | None = None,
     beta: float = SMOOTHING_BETA,
     stop_factor: float = STOP_FACTOR,
     eval_every: int | None = None,
@@ -281,9 +284,11 @@ def range_test(
     """Run the LR range test: one run with λ rising from ``start_lr`` to ``end_lr``.
 
     The loop is :func:`bpexp.train.train`'s step (set λ → forward/backward → update →
-    record) with the λ of :func:`ramp`; data, batch size, optimiser and sample order
-    come from ``config``. It stops early once the smoothed loss passes
-    ``stop_factor`` × its minimum, or the loss stops being finite.
+    record) with the λ of :func:`ramp`; data, batch size and sample order come from
+    ``config``, and the optimiser is always a fresh one built from ``config.optim``
+    (a caller's optimiser is never seen, so its state cannot change). It stops early
+    once the smoothed loss passes ``stop_factor`` × its minimum, or the loss stops
+    being finite.
 
     Args:
         config: the experiment whose model, optimiser and data are tested; its
@@ -293,8 +298,11 @@ def range_test(
         num_iterations, epochs: the length (give at most one); default
             :func:`default_iterations`.
         mode: ``linear`` (the paper) or ``exp`` (fastai).
-        model, optimizer: the test runs on deep copies of these, so they are left
-            untouched; a fresh model and optimiser are built from ``config`` when omitted.
+        model: a model to test from its current weights (e.g. one trained for a while);
+            its weights are saved before and restored after the test, whatever happens,
+            so training goes on from exactly where it was. Only its gradient buffers,
+            which every step overwrites anyway, keep the test's last values. A fresh
+            model is built from ``config`` when omitted.
         beta: the smoothing factor of :func:`smooth_losses`.
         stop_factor: the divergence threshold on the smoothed loss.
         eval_every: measure the held-out accuracy every this many steps; default
@@ -309,8 +317,6 @@ def range_test(
         ConfigError: for an invalid range or length, naming the field.
         DataError: when the dataset cannot be loaded.
     """
-    import time
-
     if num_iterations is not None and epochs is not None:
         raise ConfigError("lr-find: give iterations or epochs, not both")
     if epochs is not None and (not math.isfinite(epochs) or epochs <= 0):
@@ -329,8 +335,7 @@ def range_test(
     if dataset is None:
         dataset = load_dataset(config.data, seed, dtype=config.model.dtype)
     started = time.perf_counter()
-    X, y = dataset.train.X, dataset.train.y
-    n = len(y)
+    n = len(dataset.train)
     batch = resolve_batch_size(config.optim.batch_size, n)
     steps_per_epoch = math.ceil(n / batch)
     if num_iterations is None:
@@ -341,9 +346,55 @@ def range_test(
     if eval_every is None:
         eval_every = default_eval_every(min(eval_samples, len(dataset.val)), batch, num_iterations)
 
-    # Copies only: the caller's model and optimiser keep their weights and state.
-    model = copy.deepcopy(model) if model is not None else build_model(config.model, dataset.n_features, dataset.n_classes, seed)
-    optimizer = copy.deepcopy(optimizer) if optimizer is not None else build_optimizer(config.optim)
+    if model is None:
+        model, saved = build_model(config.model, dataset.n_features, dataset.n_classes, seed), None
+    else:
+        saved = model.get_weights()  # the caller's weights, put back below whatever happens
+    optimizer = build_optimizer(config.optim)  # fresh: no momentum or moments carried in or out
+    try:
+        curves, stop_reason, diverged_at = _run_ramp(
+            model, optimizer, dataset, config, lrs_planned, beta, stop_factor, eval_every, eval_samples, on_step
+        )
+    finally:
+        if saved is not None:
+            model.set_weights(saved)
+
+    arrays = {name: np.asarray(values, dtype=np.float64) for name, values in curves.items()}
+    suggestions = suggest(arrays["lrs"], arrays["smoothed"], arrays["accuracies"], num_it=num_iterations)
+    warnings = _warnings(arrays, suggestions, stop_reason, diverged_at, num_iterations, start_lr, end_lr)
+    return LRFindResult(
+        config=config,
+        start_lr=float(start_lr),
+        end_lr=float(end_lr),
+        mode=mode,
+        num_iterations=num_iterations,
+        suggestions=suggestions,
+        stop_reason=stop_reason,
+        diverged_at=diverged_at,
+        warnings=warnings,
+        seconds=time.perf_counter() - started,
+        **arrays,
+    )
+
+
+def _run_ramp(
+    model: Model,
+    optimizer: Optimizer,
+    dataset: Dataset,
+    config: ExperimentConfig,
+    lrs_planned: np.ndarray,
+    beta: float,
+    stop_factor: float,
+    eval_every: int,
+    eval_samples: int,
+    on_step: StepCallback | None,
+) -> tuple[dict[str, list[float]], str, float | None]:
+    """The range test's loop: (curves by name, stop reason, λ where it diverged or None)."""
+    seed = config.seed
+    X, y = dataset.train.X, dataset.train.y
+    n = len(y)
+    batch = resolve_batch_size(config.optim.batch_size, n)
+    num_iterations = len(lrs_planned)
     # Streams of their own (train() uses [seed, 1..3]): the test consumes nothing of a later run.
     order_rng = np.random.default_rng([seed, 4])
     dropout_rng = np.random.default_rng([seed, 5])
@@ -396,27 +447,8 @@ def range_test(
                 if t >= num_iterations:
                     break
 
-    arrays = {
-        "lrs": np.asarray(lrs),
-        "losses": np.asarray(losses),
-        "smoothed": np.asarray(smoothed),
-        "accuracies": np.asarray(accuracies),
-    }
-    suggestions = suggest(arrays["lrs"], arrays["smoothed"], arrays["accuracies"], num_it=num_iterations)
-    warnings = _warnings(arrays, suggestions, stop_reason, diverged_at, num_iterations, start_lr, end_lr)
-    return LRFindResult(
-        config=config,
-        start_lr=float(start_lr),
-        end_lr=float(end_lr),
-        mode=mode,
-        num_iterations=num_iterations,
-        suggestions=suggestions,
-        stop_reason=stop_reason,
-        diverged_at=diverged_at,
-        warnings=warnings,
-        seconds=time.perf_counter() - started,
-        **arrays,
-    )
+    curves = {"lrs": lrs, "losses": losses, "smoothed": smoothed, "accuracies": accuracies}
+    return curves, stop_reason, diverged_at
 
 
 # ------------------------------------------------------------- suggestions

@@ -323,29 +323,64 @@ def test_range_test_stops_at_four_times_the_minimum(mlp_cfg, digits32):
     assert result.diverged_at == result.lrs[-1]
 
 
+def same(a, b) -> bool:
+    """Deep equality over the nested lists, tuples, dicts and arrays of an object's state."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
 @pytest.mark.parametrize("optimizer_name", ["momentum", "adam"])
 def test_the_callers_model_and_optimiser_are_untouched(optimizer_name, digits32):
     cfg = config_from_dict({"seed": 3, "model": {"kind": "mlp", "hidden": [32]}, "optim": {"name": optimizer_name, "lr": 0.01},
                             "train": {"max_epochs": 2}})
-    model = build_model(cfg.model, digits32.n_features, digits32.n_classes, cfg.seed)
-    optimizer = build_optimizer(cfg.optim)
-    train(cfg, digits32, model=model, optimizer=optimizer)  # non-zero weights and optimiser state
-    weights = model.get_weights()
-    state = copy.deepcopy(vars(optimizer))
-    assert any(isinstance(v, list) for v in state.values())  # there is state to disturb
 
-    result = L.range_test(cfg, digits32, model=model, optimizer=optimizer, num_iterations=60, end_lr=1.0)
+    def trained_pair():
+        model = build_model(cfg.model, digits32.n_features, digits32.n_classes, cfg.seed)
+        optimizer = build_optimizer(cfg.optim)
+        train(cfg, digits32, model=model, optimizer=optimizer)  # non-zero weights and optimiser state
+        return model, optimizer
+
+    model, optimizer = trained_pair()
+    twin_model, twin_optimizer = trained_pair()  # the same state, never shown to the range test
+    weights = model.get_weights()
+
+    def optimiser_state(opt):
+        # public attributes: velocities, moments, step count, hyperparameters; the private ones
+        # cache views of the model's parameter and gradient arrays (gradients are scratch)
+        return copy.deepcopy({k: v for k, v in vars(opt).items() if not k.startswith("_")})
+
+    state = optimiser_state(optimizer)
+    assert any(isinstance(v, list) and v for v in state.values())  # there is state to disturb
+
+    result = L.range_test(cfg, digits32, model=model, num_iterations=60, end_lr=1.0)
 
     assert result.iterations > 10 and np.nanmax(result.losses) != np.nanmin(result.losses)  # it did train
-    for before, after in zip(weights, model.params):
-        assert np.array_equal(before, after)
-    after_state = vars(optimizer)
-    assert after_state.keys() == state.keys()
-    for key, value in state.items():
-        if isinstance(value, list):
-            assert all(np.array_equal(a, b) for a, b in zip(value, after_state[key]))
-        else:
-            assert value == after_state[key]
+    assert same(weights, model.get_weights())
+    assert same(state, optimiser_state(optimizer))
+    # training goes on exactly as if the test had never run
+    after = train(cfg, digits32, model=model, optimizer=optimizer)
+    twin = train(cfg, digits32, model=twin_model, optimizer=twin_optimizer)
+    assert after.history.to_dict() == twin.history.to_dict()
+    assert same(model.get_weights(), twin_model.get_weights())
+
+
+def test_weights_come_back_even_when_the_test_fails(digits32, perceptron_cfg):
+    model = build_model(perceptron_cfg.model, digits32.n_features, digits32.n_classes, 0)
+    train(perceptron_cfg.model_copy(update={"train": perceptron_cfg.train.model_copy(update={"max_epochs": 1})}), digits32, model=model)
+    weights = model.get_weights()
+
+    def interrupt(step, total, lr, smooth):
+        if step == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        L.range_test(perceptron_cfg, digits32, model=model, on_step=interrupt)
+    assert same(weights, model.get_weights())
 
 
 def test_a_later_train_sees_no_trace(mlp_cfg, digits32):
@@ -410,6 +445,10 @@ def workdir(tmp_path, monkeypatch):
 
 
 def invoke(args):
+    """``bpexp lr-find ...`` without MLflow (``--no-track`` where the command records runs)."""
+    command = cli.get_command(None, "lr-find")
+    if any(p.name == "no_track" for p in command.params):
+        args = [args[0], "--no-track", *args[1:]]
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
