@@ -361,7 +361,7 @@ def range_test(
 
     arrays = {name: np.asarray(values, dtype=np.float64) for name, values in curves.items()}
     suggestions = suggest(arrays["lrs"], arrays["smoothed"], arrays["accuracies"], num_it=num_iterations)
-    warnings = _warnings(arrays, suggestions, stop_reason, diverged_at, num_iterations, start_lr, end_lr)
+    warnings = _warnings(arrays, suggestions)
     return LRFindResult(
         config=config,
         start_lr=float(start_lr),
@@ -802,18 +802,15 @@ def suggest(lrs: np.ndarray, losses: np.ndarray, accs: np.ndarray, *, num_it: in
     return out
 
 
-def _warnings(arrays: dict, suggestions: dict[str, Suggestion], stop_reason: str, diverged_at: float | None,
-              num_iterations: int, start_lr: float, end_lr: float) -> list[str]:
-    """The lines a person must see: a curve that cannot be read, or a missing pair."""
-    out = []
+def _warnings(arrays: dict, suggestions: dict[str, Suggestion]) -> list[str]:
+    """The lines a person must see: a curve that cannot be read, or no pair from the accuracy."""
     problem = curve_problem(arrays["lrs"], arrays["smoothed"])
     if problem is not None:
-        out.append(problem)
-    else:
-        for name in ("base_lr", "max_lr"):
-            if suggestions[name].lr is None:
-                out.append(f"no {name}: {suggestions[name].reason}")
-    return out
+        return [problem]
+    top = suggestions["max_lr"]  # base_lr is None exactly when max_lr is, for the same reason
+    if top.lr is None:
+        return [f"no base_lr or max_lr: {top.reason.split(': ', 1)[-1]}"]
+    return []
 
 
 # --------------------------------------------------------------------- figure
