@@ -434,6 +434,9 @@ def test_two_workers_share_the_default_stores(tmp_path, monkeypatch, _mlflow_tem
     study = optuna.load_study(study_name="iris-sweep", storage=journal(tmp_path / "optuna.journal"))
     pids = {t.user_attrs["bpexp.worker"]["pid"] for t in study.trials}
     assert len(pids) == 2 and len(workers) == 8  # both processes ran trials
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    blas = {t.user_attrs["bpexp.worker"]["blas_threads"] for t in study.trials} - {None}
+    assert all(threads <= max(1, (os.cpu_count() or 1) // 2) for threads in blas), (blas, cores)  # no oversubscription
     low, high = (payload["lr_find"]["suggestions"]["max_lr"]["lr"] / 3, payload["lr_find"]["suggestions"]["max_lr"]["lr"] * 3)
     assert all(low <= t["params"]["optim.lr"] <= high for t in payload["trials"])
     client, runs = _runs(tmp_path, "bpexp")
@@ -504,3 +507,26 @@ def test_a_killed_sweep_resumes(tmp_path, _mlflow_template_db):
     run = client.get_run(before[killed_at].user_attrs["bpexp.run_id"])
     assert run.info.status == "FAILED" and "ended during the trial" in run.data.tags["bpexp.error"]
     assert client.get_run(payload["parent_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "pruner"),
+    [("cmaes", {"name": "hyperband", "warmup_epochs": 1}), ("grid", "median"), ("tpe", "none")],
+)
+def test_every_sampler_and_pruner_runs(tmp_path, sampler, pruner):
+    space = (
+        {"optim.lr": {"choices": [0.05, 0.3]}, "optim.batch_size": {"choices": [16, 32]}}
+        if sampler == "grid"
+        else {"optim.lr": {"low": 0.01, "high": 1.0, "log": True}, "train.stop_loss": {"low": 0.05, "high": 0.5, "log": True}}
+    )
+    spec = sweep_spec_from_dict(spec_dict(n_trials=5, sampler={"name": sampler, "startup_trials": 2}, pruner=pruner, space=space))
+    outcome = run_sweep(spec, make_tracker(enabled=False), storage=str(tmp_path / "study.journal"))
+    expected = 4 if sampler == "grid" else 5  # the grid has 2 × 2 points
+    assert outcome.counts["COMPLETE"] + outcome.counts["PRUNED"] == expected and outcome.finished
+    if sampler == "grid":
+        assert sorted((t.params["optim.lr"], t.params["optim.batch_size"]) for t in outcome.trials) == [
+            (0.05, 16), (0.05, 32), (0.3, 16), (0.3, 32)
+        ]
+    study = optuna.load_study(study_name="iris-sweep", storage=journal(tmp_path / "study.journal"))
+    for trial in study.trials:  # every finished trial reported one value per epoch it ran
+        assert sorted(trial.intermediate_values) == (list(range(1, trial.user_attrs["bpexp.epochs"] + 1)) if pruner != "none" else [])

@@ -86,10 +86,11 @@ def test_a_trial_without_heartbeat_is_failed_and_queued_again(pg_databases, mlfl
     trial.set_user_attr(ATTR_WORKER, {"host": "another-machine", "pid": 1, "started": None})
     run_id = tracker.start_run("hb-trial-0")
     trial.set_user_attr(ATTR_RUN_ID, run_id)
-    storage.record_heartbeat(trial._trial_id)  # one beat, then the worker "dies"
-    assert reap_dead_trials(study, tracker) == []  # still within the grace period
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("hb"), trial.number)
+    storage.record_heartbeat(trial_id)  # one beat, then the worker "dies"
+    assert reap_dead_trials(study, storage, tracker) == []  # still within the grace period
     time.sleep(3)
-    assert reap_dead_trials(study, tracker) == [0]
+    assert reap_dead_trials(study, storage, tracker) == [0]
     trials = study.get_trials()
     assert trials[0].state.name == "FAIL"
     assert trials[1].state.name == "WAITING" and trials[1].params == trials[0].params

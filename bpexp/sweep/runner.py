@@ -200,7 +200,7 @@ def run_sweep(
             _check_same_objectives(study, spec)
             parent_run_id = _ensure_parent_run(study, spec, tracker)
             with exclusive(storage_url, f"slots-{name}"):
-                reap_dead_trials(study, tracker)
+                reap_dead_trials(study, store, tracker)
             auto = _ensure_lr_auto(study, spec, tracker, parent_run_id) if spec.auto_lr else None
     finally:
         if hasattr(setup, "close"):

@@ -94,8 +94,16 @@ class WorkerStats:
 
 
 def identity() -> dict[str, Any]:
-    """This process, as recorded on the trials it runs: host, pid and the pid's start time."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid())}
+    """This process, as recorded on the trials it runs: host, pid, the pid's start time, and its BLAS threads."""
+    from threadpoolctl import threadpool_info
+
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": _start_time(os.getpid()),
+        "blas_threads": max(blas) if blas else None,
+    }
 
 
 def _start_time(pid: int) -> int | None:
@@ -132,7 +140,7 @@ def done_count(study: "optuna.Study") -> tuple[int, int]:
     return len(trials) - running, running
 
 
-def reap_dead_trials(study: "optuna.Study", tracker: "Tracker | None" = None) -> list[int]:
+def reap_dead_trials(study: "optuna.Study", storage: Any, tracker: "Tracker | None" = None) -> list[int]:
     """Fail the RUNNING trials whose worker is gone, close their runs, and queue them again.
 
     A trial is gone when its worker process on this host has ended, or (RDB storage
@@ -147,7 +155,7 @@ def reap_dead_trials(study: "optuna.Study", tracker: "Tracker | None" = None) ->
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    storage = study._storage  # Study exposes no public storage handle
+    study_id = storage.get_study_id_from_name(study.study_name)
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -158,12 +166,13 @@ def reap_dead_trials(study: "optuna.Study", tracker: "Tracker | None" = None) ->
         worker = trial.user_attrs.get(ATTR_WORKER)
         if not worker or worker.get("host") != host or process_alive(worker):
             continue
-        storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, f"worker process {worker.get('pid')} ended during the trial")
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, ATTR_ERROR, f"worker process {worker.get('pid')} ended during the trial")
         try:
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        retry(study, storage.get_trial(trial._trial_id))
+        retry(study, storage.get_trial(trial_id))
     failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
     if tracker is not None:
         close_orphan_runs(tracker, failed)
@@ -189,14 +198,15 @@ def close_orphan_runs(tracker: "Tracker", trials: list["optuna.trial.FrozenTrial
 class _Heartbeat:
     """Records an RDB trial's heartbeat every interval in a thread (what Study.optimize does for its trials)."""
 
-    def __init__(self, storage: Any, trial_id: int) -> None:
-        from optuna.storages._heartbeat import is_heartbeat_enabled
+    def __init__(self, storage: Any, study_name: str, number: int) -> None:
+        from optuna.storages import RDBStorage
 
         self._storage = storage
-        self._trial_id = trial_id
         self._stop = threading.Event()
         self._thread = None
-        if is_heartbeat_enabled(storage):
+        if isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None:
+            study_id = storage.get_study_id_from_name(study_name)
+            self._trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
             self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -212,7 +222,7 @@ class _Heartbeat:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
             self._stop.set()
             self._thread.join()
 
@@ -232,8 +242,43 @@ class DatasetCache:
         return self._cache[key]
 
 
+class Recorder:
+    """Records finished trials in a background thread, in order, while the next trial trains.
+
+    Writing a run (one batch, a few artifact files, the end status) waits mostly on
+    the store (a file sync, a request); done here it overlaps the next trial's
+    training. Each job ends with ``study.tell``, so a trial counts as finished only
+    once its run is written, and it stays RUNNING (its heartbeat going) until then.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpexp-recorder")
+        self._pending: list[Any] = []
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue a job; jobs run one at a time, in submission order."""
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._pool.submit(job))
+
+    def drain(self) -> None:
+        """Wait for every queued job."""
+        for future in self._pending:
+            future.result()
+        self._pending = []
+
+    def close(self) -> None:
+        """Drain and stop the thread."""
+        try:
+            self.drain()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def run_trial(
     study: "optuna.Study",
+    storage: Any,
     trial: "optuna.Trial",
     spec: SweepSpec,
     tracker: "Tracker",
@@ -241,23 +286,19 @@ def run_trial(
     parent_run_id: str | None,
     auto: dict[str, float | None] | None,
     datasets: DatasetCache,
+    recorder: Recorder | None = None,
 ) -> str:
-    """Run one claimed trial from params to ``study.tell``. Returns the trial's final state name.
+    """Run one claimed trial: params → train → record its run → ``study.tell``.
+
+    With a ``recorder`` the recording and the tell of a finished or pruned trial
+    happen in its background thread. Returns the trial's final state name.
 
     Raises:
         KeyboardInterrupt: after telling the trial FAIL and ending its run KILLED.
     """
     import optuna
 
-    from bpexp.tracking import (
-        TAG_ERROR,
-        TAG_KIND,
-        EpochLogger,
-        config_params,
-        diagnose_result,
-        log_result,
-        write_run_artifacts,
-    )
+    from bpexp.tracking import TAG_ERROR, TAG_KIND, EpochLogger, config_params, diagnose_result
     from bpexp.train import train
 
     section = spec.sweep
@@ -282,58 +323,35 @@ def run_trial(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
+    def later(job: Callable[[], None]) -> None:
+        if recorder is None:
+            job()
+        else:
+            recorder.submit(job)
+
     config = None
+    heartbeat = _Heartbeat(storage, study.study_name, number)
+    heartbeat.__enter__()  # beats until the trial is told, in whichever thread that happens
     try:
         params = suggest_params(trial, spec, auto)
         config = trial_config(spec, params, number)
         trial.set_user_attr(ATTR_CONFIG, config.model_dump(mode="json"))
         dataset = datasets.get(config)
-        with _Heartbeat(study._storage, trial._trial_id):
-            result = train(config, dataset, on_epoch=on_epoch)
+        result = train(config, dataset, on_epoch=on_epoch)
         findings = diagnose_result(result)
         values = [objective_value(name, result, section.target_accuracy) for name in section.objective]
-        log_result(
-            tracker,
-            run_id,
-            result,
-            findings,
-            params={"trial_number": number},
-            metrics=[(f"objective.{n}", v, result.epochs) for n, v in zip(section.objective, values) if math.isfinite(v)],
-            curves=section.curves == "all",
-            logger=logger,
-        )
-        diagnosis = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in findings]
-        trial.set_user_attr(ATTR_STOP_REASON, result.stop_reason)
-        trial.set_user_attr(ATTR_EPOCHS, result.epochs)
-        trial.set_user_attr(ATTR_DIAGNOSIS, _json_safe(diagnosis))
-        trial.set_user_attr(ATTR_FINAL, {k: (v if v is not None and math.isfinite(v) else None) for k, v in result.final.items()})
-        tracker.end_run(run_id, "FINISHED")
-        study.tell(trial, values if section.multi_objective else values[0])
+        later(lambda: _record_complete(study, trial, tracker, run_id, result, findings, values, section, logger, heartbeat))
         return "COMPLETE"
     except optuna.TrialPruned:
         history = history_box.get("history")
-        epochs = len(history.epoch) if history is not None else 0
-        tracker.log_batch(
-            run_id,
-            metrics=logger.take(history) + [("epochs", float(epochs), epochs)],
-            params={**config_params(config), "trial_number": number},
-            tags={"bpexp.stop_reason": "pruned", "bpexp.pruned_at_epoch": epochs},
-        )
-        if history is not None and tracker.uri is not None:
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="bpexp-pruned-") as tmp:
-                write_run_artifacts(tmp, history, curves=False)
-                tracker.log_artifacts(run_id, tmp)
-        trial.set_user_attr(ATTR_STOP_REASON, "pruned")
-        trial.set_user_attr(ATTR_EPOCHS, epochs)
-        tracker.end_run(run_id, "KILLED")
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        later(lambda: _record_pruned(study, trial, tracker, run_id, history, config, logger, heartbeat))
         return "PRUNED"
     except (KeyboardInterrupt, SystemExit):
+        heartbeat.__exit__()
         _fail(study, trial, tracker, run_id, "interrupted", status="KILLED")
         raise
     except Exception as exc:  # the trial raised: record it, keep sweeping
+        heartbeat.__exit__()
         message = f"{type(exc).__name__}: {exc}"
         try:
             params = {**config_params(config), "trial_number": number} if config is not None else {"trial_number": number}
@@ -342,6 +360,83 @@ def run_trial(
             pass
         _fail(study, trial, tracker, run_id, message, status="FAILED")
         return "FAIL"
+
+
+def _record_complete(study, trial, tracker, run_id, result, findings, values, section, logger, heartbeat) -> None:
+    """Write a finished trial's run, then tell the study (the tell happens even if the store failed)."""
+    import optuna
+
+    from bpexp.tracking import TAG_ERROR, log_result
+
+    number = trial.number
+    try:
+        try:
+            log_result(
+                tracker,
+                run_id,
+                result,
+                findings,
+                params={"trial_number": number},
+                metrics=[(f"objective.{n}", v, result.epochs) for n, v in zip(section.objective, values) if math.isfinite(v)],
+                curves=section.curves == "all",
+                logger=logger,
+            )
+            tracker.end_run(run_id, "FINISHED")
+        except Exception as exc:  # the store failed, not the trial: keep the result, say what was lost
+            _warn(f"trial {number}: its MLflow run could not be written ({type(exc).__name__}: {exc})")
+            try:
+                tracker.log_batch(run_id, tags={TAG_ERROR: f"recording failed: {exc}"})
+                tracker.end_run(run_id, "FAILED")
+            except Exception:
+                pass
+        diagnosis = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in findings]
+        trial.set_user_attr(ATTR_STOP_REASON, result.stop_reason)
+        trial.set_user_attr(ATTR_EPOCHS, result.epochs)
+        trial.set_user_attr(ATTR_DIAGNOSIS, _json_safe(diagnosis))
+        trial.set_user_attr(ATTR_FINAL, {k: (v if v is not None and math.isfinite(v) else None) for k, v in result.final.items()})
+        study.tell(trial, values if section.multi_objective else values[0])
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _warn(f"trial {number} was failed by another worker (heartbeat stale) before its result was told")
+    finally:
+        heartbeat.__exit__()
+
+
+def _record_pruned(study, trial, tracker, run_id, history, config, logger, heartbeat) -> None:
+    """Write a pruned trial's run (its epochs so far, no weights), end it KILLED, tell the study PRUNED."""
+    import tempfile
+
+    import optuna
+
+    from bpexp.tracking import config_params, write_run_artifacts
+
+    number = trial.number
+    epochs = len(history.epoch) if history is not None else 0
+    try:
+        try:
+            tracker.log_batch(
+                run_id,
+                metrics=logger.take(history) + [("epochs", float(epochs), epochs)],
+                params={**config_params(config), "trial_number": number},
+                tags={"bpexp.stop_reason": "pruned", "bpexp.pruned_at_epoch": epochs},
+            )
+            if history is not None and tracker.uri is not None:
+                with tempfile.TemporaryDirectory(prefix="bpexp-pruned-") as tmp:
+                    write_run_artifacts(tmp, history, curves=False)
+                    tracker.log_artifacts(run_id, tmp)
+            tracker.end_run(run_id, "KILLED")
+        except Exception as exc:
+            _warn(f"trial {number}: its MLflow run could not be written ({type(exc).__name__}: {exc})")
+        trial.set_user_attr(ATTR_STOP_REASON, "pruned")
+        trial.set_user_attr(ATTR_EPOCHS, epochs)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _warn(f"trial {number} was failed by another worker (heartbeat stale) before it was told")
+    finally:
+        heartbeat.__exit__()
+
+
+def _warn(message: str) -> None:
+    print(f"bpexp: warning: {message}", file=sys.stderr)
 
 
 def _fail(study: Any, trial: Any, tracker: Any, run_id: str, message: str, *, status: str) -> None:
@@ -427,13 +522,14 @@ def run_worker(
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=make_sampler(spec, seed), pruner=make_pruner(spec))
     slots = exclusive(job.storage, f"slots-{job.study_name}")
     datasets = DatasetCache()
+    recorder = Recorder() if tracker.uri is not None else None  # nothing to overlap without a store
     stats = WorkerStats()
     me = identity()
     max_failures = max_failures if max_failures is not None else max(3, target)
     try:
         while True:
             with slots:
-                reap_dead_trials(study, tracker)
+                reap_dead_trials(study, storage, tracker)
                 done, running = done_count(study)
                 if done + running >= target:
                     break
@@ -445,7 +541,10 @@ def run_worker(
                     # a retried trial inherits the failed one's user attrs: clear what no longer holds
                     if trial.user_attrs.get(stale) is not None:
                         trial.set_user_attr(stale, None)
-            state = run_trial(study, trial, spec, tracker, parent_run_id=job.parent_run_id, auto=job.auto, datasets=datasets)
+            state = run_trial(
+                study, storage, trial, spec, tracker,
+                parent_run_id=job.parent_run_id, auto=job.auto, datasets=datasets, recorder=recorder,
+            )
             stats.trials.append(trial.number)
             if state == "COMPLETE":
                 stats.complete += 1
@@ -458,6 +557,8 @@ def run_worker(
             if stats.failed >= max_failures:
                 break
     finally:
+        if recorder is not None:
+            recorder.close()  # every finished trial is written and told before the worker ends
         closer = getattr(slots, "close", None)
         if closer is not None:
             closer()
