@@ -434,6 +434,8 @@ def _no_telemetry() -> None:
     # MLflow 3 sends usage telemetry to an outside host from a background thread
     # (mlflow/telemetry); bpexp's runs stay local unless the user opts in.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # and its artifact downloads draw a tqdm bar on stderr, over bpexp's own progress
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _limit_http_retries() -> None:
