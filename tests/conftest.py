@@ -189,3 +189,63 @@ def report_sweep(digits32):
     from report_helpers import build_real_sweep
 
     return build_real_sweep(digits32)
+
+
+# ------------------------------------------------------------------ an mlflow server on PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def mlflow_pg_server(pg_databases, tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1, its backend store a fresh PostgreSQL database; one per test module.
+
+    Yields a namespace: ``uri`` (http://127.0.0.1:<port>), ``backend`` (the
+    ``postgresql+psycopg://`` URL of its database, dropped at the end of the session),
+    ``root`` (its folder: artifacts/, server.log) and ``proc``. Waited for through
+    /health (up to 120 s: MLflow migrates an empty PostgreSQL database first).
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import types
+    import urllib.request
+
+    backend = pg_databases("mlflow")
+    root = tmp_path_factory.mktemp("mlflow-pg-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", backend,
+         "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("mlflow server on PostgreSQL did not answer /health within 120 s")
+            time.sleep(0.5)
+        yield types.SimpleNamespace(uri=uri, backend=backend, root=root, proc=proc)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()

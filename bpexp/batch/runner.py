@@ -348,9 +348,11 @@ def _brief(outcome: ExperimentOutcome) -> str:
 def _quiet_noise() -> None:
     # urllib3 logs each retry of a refused request as a WARNING; the batch reports the
     # failure itself, once, in its own words. MLflow's artifact download bars would
-    # interleave with the batch's progress lines.
+    # interleave with the batch's progress lines, and its "View run at" lines (written to
+    # stdout whenever a run on a server ends) would break --json's one object on stdout.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 # ----------------------------------------------------------------- the batch's own run
