@@ -278,15 +278,24 @@ class CaseRun:
     findings: list[dict] = field(default_factory=list)
     patch: dict[str, Any] = field(default_factory=dict)
     repaired_found: tuple[str, ...] | None = None
+    second_round_found: tuple[str, ...] | None = None
     train_cpu: float = math.nan
     diagnosis_cpu: float = math.nan
     twin_cpu: float = 0.0
     found_history: tuple[str, ...] = ()
+    signals: dict[str, float] = field(default_factory=dict)
 
     @property
     def repaired(self) -> bool | None:
         """True when the re-run with the suggested patch has no findings (None: not tried)."""
         return None if self.repaired_found is None else not self.repaired_found
+
+    @property
+    def repaired_within_two(self) -> bool | None:
+        """True when the first re-run, or a second one with its own advice added, has no findings."""
+        if self.repaired_found is None:
+            return None
+        return not self.repaired_found or (self.second_round_found is not None and not self.second_round_found)
 
 
 @functools.lru_cache(maxsize=32)
@@ -309,6 +318,7 @@ def run_case(case: Case, seed: int, *, repair: bool = False, cost_repeats: int =
         A :class:`CaseRun`.
     """
     from bpexp.diagnose import diagnose, diagnose_history, merge_suggestions
+    from bpexp.diagnose.signals import summary_numbers, view_of
     from bpexp.train import train
 
     config = case.config(seed)
@@ -345,14 +355,21 @@ def run_case(case: Case, seed: int, *, repair: bool = False, cost_repeats: int =
         twin_cpu=twin_cpu,
         found_history=tuple(f.mode for f in diagnose_history(result.history, config, result.dataset.summary(),
                                                              stop_reason=result.stop_reason)),
+        signals=summary_numbers(view_of(result.history, config, result.dataset.summary(), stop_reason=result.stop_reason,
+                                        final=result.final)),
     )
     if repair and findings:
         run.patch = merge_suggestions(list(findings))
         if run.patch:
             raw = apply_overrides(config.model_dump(mode="json"), run.patch)
             fixed = config_from_dict(raw, source=f"{case.name} + advice")
-            again = train(fixed, dataset_for(fixed))
-            run.repaired_found = tuple(f.mode for f in diagnose(again))
+            again = diagnose(train(fixed, dataset_for(fixed)))
+            run.repaired_found = tuple(f.mode for f in again)
+            second = merge_suggestions(list(again))
+            if again and second:  # a second round: the advice of the advised run, on top of the first
+                raw = apply_overrides(raw, second)
+                fixed = config_from_dict(raw, source=f"{case.name} + advice, twice")
+                run.second_round_found = tuple(f.mode for f in diagnose(train(fixed, dataset_for(fixed))))
     return run
 
 
@@ -386,6 +403,7 @@ class ModeScore:
     fn: int = 0
     repair_tried: int = 0
     repaired: int = 0
+    repaired_two: int = 0
 
     @property
     def precision(self) -> float:
@@ -398,6 +416,10 @@ class ModeScore:
     @property
     def repair_rate(self) -> float:
         return self.repaired / self.repair_tried if self.repair_tried else math.nan
+
+    @property
+    def repair_rate_two(self) -> float:
+        return self.repaired_two / self.repair_tried if self.repair_tried else math.nan
 
 
 def score(runs: list[CaseRun], *, history_only: bool = False) -> dict[str, ModeScore]:
@@ -421,6 +443,7 @@ def score(runs: list[CaseRun], *, history_only: bool = False) -> dict[str, ModeS
             for mode in run.expected & found:
                 scores[mode].repair_tried += 1
                 scores[mode].repaired += int(run.repaired)
+                scores[mode].repaired_two += int(bool(run.repaired_within_two))
     return scores
 
 

@@ -694,14 +694,14 @@ def _check_findings(findings, n):
         json.dumps(f.to_dict(), allow_nan=False)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), _configs, _summaries, st.sampled_from([None, "diverged", "max_epochs", "loss_threshold"]))
 def test_diagnose_history_never_crashes(history, config, summ, stop_reason):
     findings = diagnose_history(history, config, summ, stop_reason=stop_reason)
     _check_findings(findings, len(history.train_loss))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(histories(min_len=1, max_len=1), _configs, _summaries)
 def test_a_one_epoch_history_gives_only_low_confidence_findings(history, config, summ):
     for finding in diagnose_history(history, config, summ):

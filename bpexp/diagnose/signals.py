@@ -343,3 +343,33 @@ def update_ratio(view: RunView) -> float:
     if not ok.any():
         return math.nan
     return float(np.log10(np.mean(per_step[ok] / w[ok])))
+
+
+def summary_numbers(view: RunView) -> dict[str, float]:
+    """The History statistics the detectors read, in one flat dict (for reports and calibration).
+
+    Returns:
+        ``late_rise_share``, ``late_rise_size`` (relative to the late loss level, floored at
+        1 % of the initial loss), ``late_decay``, ``late_alternation``, ``forgetting_ratio``,
+        ``last_quarter_share``, ``last_quarter_trend_t``, ``loss_fall``, ``update_ratio`` and
+        ``label_perplexity``; NaN where a value cannot be computed.
+    """
+    start = late_start(view.n)
+    late = view.loss[start:]
+    finite = late[np.isfinite(late)]
+    init = view.loss_init
+    ref = max(float(np.median(finite)) if len(finite) else math.nan, 0.01 * init if math.isfinite(init) else 0.0)
+    osc = oscillation(late, ref) if len(finite) >= MIN_LATE_POINTS else Oscillation(len(finite), *(math.nan,) * 4)
+    end = float(finite[-1]) if len(finite) else math.nan
+    return {
+        "late_rise_share": osc.rise_share,
+        "late_rise_size": osc.rise_size,
+        "late_decay": osc.decay,
+        "late_alternation": osc.alternation,
+        "forgetting_ratio": forgetting_ratio(view),
+        "last_quarter_share": tail_share(view.loss, 0.75, init),
+        "last_quarter_trend_t": trend_t(view.loss, 0.75),
+        "loss_fall": (init - end) / init if math.isfinite(init) and init > 0 else math.nan,
+        "update_ratio": update_ratio(view),
+        "label_perplexity": label_perplexity(view.summary.get("train_class_counts") or []),
+    }
