@@ -252,6 +252,13 @@ def _result(summary: dict[str, Any]) -> str:
     return ""
 
 
+def escape(text: str) -> str:
+    """Text shown as written: rich would read ``[...]`` in it as markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _console():
     from rich.console import Console
 
@@ -279,14 +286,14 @@ def print_outcome(outcome: Any) -> None:
             state = "finished earlier" if e.state == "skipped" else e.state
             result = e.error if e.state == "failed" else _result(e.summary)
             seconds = f"{e.seconds:.1f}" if e.seconds is not None else "-"
-            table.add_row(e.name, e.kind, f"[{colour.get(e.state, '')}]{state}[/]", seconds, result or "")
+            table.add_row(escape(e.name), e.kind, f"[{colour.get(e.state, '')}]{state}[/]", seconds, escape(result or ""))
         console.print(table)
-    line = f"[bold]batch {outcome.batch}[/]: {outcome.status}"
+    line = f"[bold]batch {escape(outcome.batch)}[/]: {outcome.status}"
     if outcome.batch_run_id:
         line += f" — run {outcome.batch_run_id}" + (" (resumed)" if outcome.resumed else "")
     console.print(line)
     if outcome.message:
-        console.print(outcome.message)
+        console.print(escape(outcome.message))
     if outcome.ui_url:
         console.print(f"MLflow: {outcome.ui_url}")
 
@@ -304,7 +311,7 @@ def _print_status(runs: list, stale: set, schedules: dict) -> None:
             counts[e.state] = counts.get(e.state, 0) + 1
         status = "stopped (its process is gone)" if row.id in stale else row.status
         table.add_row(
-            row.batch, row.id, row.key, status, _when(row.created_at), _when(row.ended_at),
+            escape(row.batch), row.id, escape(row.key), status, _when(row.created_at), _when(row.ended_at),
             ", ".join(f"{n} {s}" for s, n in counts.items()),
         )
     if runs:
@@ -313,7 +320,14 @@ def _print_status(runs: list, stale: set, schedules: dict) -> None:
         console.print("no batch runs yet")
     for name, schedule in schedules.items():
         if schedule is None:
-            console.print(f"batch {name}: not scheduled")
+            console.print(escape(f"batch {name}: not scheduled"))
         else:
-            when = _when(schedule.next_run_time) if schedule.next_run_time else "paused"
-            console.print(f"batch {name}: next run {when} ({schedule.trigger})")
+            from datetime import datetime, timezone
+
+            if schedule.next_run_time is None:
+                when = "paused"
+            elif schedule.next_run_time <= datetime.now(timezone.utc):
+                when = f"due since {_when(schedule.next_run_time)} (missed: a scheduler started within the grace time runs it once)"
+            else:
+                when = _when(schedule.next_run_time)
+            console.print(escape(f"batch {name}: next run {when}; {schedule.trigger}"))
