@@ -177,6 +177,10 @@ class Tracker(ABC):
         record = self.read_run(run_id)
         return record.status if record is not None else None
 
+    def find_runs(self, tags: Mapping[str, str], status: str | None = None) -> list[tuple[str, dict[str, str]]]:
+        """Runs of the experiment carrying every tag of ``tags`` (and in ``status``), as (run id, tags) pairs."""
+        return []
+
     def worker_spec(self) -> dict[str, Any]:
         """What a worker process needs to rebuild this tracker with :func:`make_tracker`."""
         return {"uri": self.uri, "experiment": self.experiment, "enabled": self.uri is not None}
@@ -610,6 +614,24 @@ class MlflowTracker(Tracker):
         local = self._call(lambda: self.client.download_artifacts(run_id, path, str(dst_dir)), "downloading artifact")
         return Path(local)
 
+    def find_runs(self, tags: Mapping[str, str], status: str | None = None) -> list[tuple[str, dict[str, str]]]:
+        clauses = [f"tags.`{key}` = '{_quote(value)}'" for key, value in tags.items()]
+        if status is not None:
+            clauses.append(f"attributes.status = '{_quote(status)}'")
+        found: list[tuple[str, dict[str, str]]] = []
+        token = None
+        while True:
+            page = self._call(
+                lambda token=token: self.client.search_runs(
+                    [self.experiment_id], " and ".join(clauses), max_results=1000, page_token=token
+                ),
+                "searching runs",
+            )
+            found.extend((run.info.run_id, dict(run.data.tags)) for run in page)
+            token = page.token
+            if not token:
+                return found
+
     def run_status(self, run_id: str) -> str:
         """The run's status (RUNNING, FINISHED, FAILED, KILLED)."""
         return self._call(lambda: self.client.get_run(run_id), "reading run").info.status
@@ -636,6 +658,10 @@ def _use_wal(db: Path) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error:
         pass  # a file system without shared memory keeps the rollback journal; that still works
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _is_connection_error(exc: BaseException) -> bool:

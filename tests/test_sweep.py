@@ -530,3 +530,24 @@ def test_every_sampler_and_pruner_runs(tmp_path, sampler, pruner):
     study = optuna.load_study(study_name="iris-sweep", storage=journal(tmp_path / "study.journal"))
     for trial in study.trials:  # every finished trial reported one value per epoch it ran
         assert sorted(trial.intermediate_values) == (list(range(1, trial.user_attrs["bpexp.epochs"] + 1)) if pruner != "none" else [])
+
+
+def test_a_run_left_running_by_a_dead_worker_is_closed(tmp_path, mlflow_sqlite_uri):
+    from bpexp.sweep.worker import close_unfinished_runs, identity
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = optuna.create_study(study_name="left", storage=journal(tmp_path / "j.journal"))
+    tracker = MlflowTracker(mlflow_sqlite_uri, "left")
+    tracker.check()
+    runs = []
+    for worker in ({**identity(), "pid": dead.pid, "started": None}, identity()):  # a dead worker, then this live one
+        trial = study.ask()
+        trial.set_user_attr("bpexp.worker", worker)
+        run_id = tracker.start_run("t", tags={"bpexp.kind": "trial", "optuna.study_name": "left", "optuna.trial_number": trial.number})
+        study.tell(trial, 1.0)  # told, but the run was never finished
+        runs.append(run_id)
+    assert close_unfinished_runs(study, tracker) == [runs[0]]
+    assert tracker.read_run(runs[0]).status == "FAILED"
+    assert "before this run was fully written" in tracker.read_run(runs[0]).tags["bpexp.error"]
+    assert tracker.read_run(runs[1]).status == "RUNNING"  # its worker (this process) may still be writing it

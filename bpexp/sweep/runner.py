@@ -42,7 +42,7 @@ from bpexp.sweep.worker import (
     ATTR_STOP_REASON,
     TAG_STUDY,
     WorkerJob,
-    close_orphan_runs,
+    close_unfinished_runs,
     done_count,
     quiet_optuna,
     reap_dead_trials,
@@ -201,6 +201,7 @@ def run_sweep(
             parent_run_id = _ensure_parent_run(study, spec, tracker)
             with exclusive(storage_url, f"slots-{name}"):
                 reap_dead_trials(study, store, tracker)
+            close_unfinished_runs(study, tracker)
             auto = _ensure_lr_auto(study, spec, tracker, parent_run_id) if spec.auto_lr else None
     finally:
         if hasattr(setup, "close"):
@@ -474,7 +475,7 @@ def _close_parent(
     """
     from bpexp.config import flatten
 
-    close_orphan_runs(tracker, [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"])
+    close_unfinished_runs(study, tracker)
     step = len(outcome.trials)
     metrics = [(f"trials.{state.lower()}", float(n), step) for state, n in outcome.counts.items()]
     metrics += [(f"diagnosis.{mode}", float(n), step) for mode, n in outcome.diagnosis_counts.items()]

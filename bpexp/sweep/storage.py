@@ -150,7 +150,7 @@ def open_storage(storage: str, *, heartbeat_interval: int, grace_period: int) ->
         ServiceError: when the database refuses the connection or the schema cannot be made.
     """
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     if not is_rdb(storage):
@@ -162,7 +162,20 @@ def open_storage(storage: str, *, heartbeat_interval: int, grace_period: int) ->
             engine_kwargs={"pool_pre_ping": True},
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            heartbeat_stale_trial_callback=retry_callback(),
         )
     except optuna.exceptions.StorageInternalError as exc:
         raise ServiceError(f"study storage {storage}: {exc}") from None
+
+
+def retry_callback() -> Any:
+    """Optuna's callback that queues a failed trial's params again (3 retries at most).
+
+    Optuna 5 names it RetryHeartbeatStaleTrialCallback; RetryFailedTrialCallback is
+    its deprecated alias, and the only name in Optuna 4.
+    """
+    try:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+    except ImportError:  # Optuna < 5
+        from optuna.storages import RetryFailedTrialCallback as Retry
+    return Retry(max_retry=3)

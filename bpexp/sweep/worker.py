@@ -152,8 +152,9 @@ def reap_dead_trials(study: "optuna.Study", storage: Any, tracker: "Tracker | No
         The numbers of the trials failed here.
     """
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
+
+    from bpexp.sweep.storage import retry_callback
 
     study_id = storage.get_study_id_from_name(study.study_name)
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
@@ -161,7 +162,7 @@ def reap_dead_trials(study: "optuna.Study", storage: Any, tracker: "Tracker | No
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    retry = retry_callback()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(ATTR_WORKER)
         if not worker or worker.get("host") != host or process_alive(worker):
@@ -195,6 +196,47 @@ def close_orphan_runs(tracker: "Tracker", trials: list["optuna.trial.FrozenTrial
             tracker.end_run(run_id, "FAILED")
 
 
+# A run still RUNNING this long after its trial finished on another machine is taken as abandoned.
+ABANDONED_AFTER_S = 600
+
+
+def close_unfinished_runs(study: "optuna.Study", tracker: "Tracker") -> list[str]:
+    """End FAILED the trial runs left RUNNING by a worker that died while writing them.
+
+    A run counts as left when its trial is finished (the study was told) and the
+    trial's worker is gone: its process ended on this host, or, on another host, the
+    trial finished more than :data:`ABANDONED_AFTER_S` seconds ago.
+
+    Returns:
+        The ids of the runs ended.
+    """
+    import datetime
+
+    if tracker.uri is None:
+        return []
+    from bpexp.tracking import TAG_KIND
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    host = socket.gethostname()
+    now = datetime.datetime.now()
+    closed = []
+    for run_id, tags in tracker.find_runs({TAG_STUDY: study.study_name, TAG_KIND: "trial"}, status="RUNNING"):
+        trial = trials.get(int(tags.get(TAG_TRIAL, -1)))
+        if trial is None or trial.state.name in ("RUNNING", "WAITING"):
+            continue
+        worker = trial.user_attrs.get(ATTR_WORKER) or {}
+        if worker.get("host") == host:
+            if process_alive(worker):
+                continue  # its worker is still writing it
+        elif trial.datetime_complete is None or (now - trial.datetime_complete).total_seconds() < ABANDONED_AFTER_S:
+            continue
+        reason = trial.user_attrs.get(ATTR_ERROR) if trial.state.name == "FAIL" else None
+        tracker.set_tags(run_id, {"bpexp.error": reason or "the worker ended before this run was fully written"})
+        tracker.end_run(run_id, "FAILED")
+        closed.append(run_id)
+    return closed
+
+
 class _Heartbeat:
     """Records an RDB trial's heartbeat every interval in a thread (what Study.optimize does for its trials)."""
 
@@ -222,7 +264,7 @@ class _Heartbeat:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._thread is not None:
             self._stop.set()
             self._thread.join()
 
@@ -243,12 +285,14 @@ class DatasetCache:
 
 
 class Recorder:
-    """Records finished trials in a background thread, in order, while the next trial trains.
+    """Writes finished trials' runs in a background thread, in order, while the next trial trains.
 
     Writing a run (one batch, a few artifact files, the end status) waits mostly on
     the store (a file sync, a request); done here it overlaps the next trial's
-    training. Each job ends with ``study.tell``, so a trial counts as finished only
-    once its run is written, and it stays RUNNING (its heartbeat going) until then.
+    training. The study is told first, in the worker's thread, so the sampler and
+    the pruner see exactly what they would see without tracking. A run whose
+    writing was cut short (the worker killed) is ended FAILED by
+    :func:`close_unfinished_runs` when the sweep next starts.
     """
 
     def __init__(self) -> None:
@@ -288,10 +332,10 @@ def run_trial(
     datasets: DatasetCache,
     recorder: Recorder | None = None,
 ) -> str:
-    """Run one claimed trial: params → train → record its run → ``study.tell``.
+    """Run one claimed trial: params → train → ``study.tell`` → write its run.
 
-    With a ``recorder`` the recording and the tell of a finished or pruned trial
-    happen in its background thread. Returns the trial's final state name.
+    With a ``recorder`` the run of a finished or pruned trial is written in its
+    background thread. Returns the trial's final state name.
 
     Raises:
         KeyboardInterrupt: after telling the trial FAIL and ending its run KILLED.
@@ -330,28 +374,35 @@ def run_trial(
             recorder.submit(job)
 
     config = None
-    heartbeat = _Heartbeat(storage, study.study_name, number)
-    heartbeat.__enter__()  # beats until the trial is told, in whichever thread that happens
     try:
         params = suggest_params(trial, spec, auto)
         config = trial_config(spec, params, number)
         trial.set_user_attr(ATTR_CONFIG, config.model_dump(mode="json"))
         dataset = datasets.get(config)
-        result = train(config, dataset, on_epoch=on_epoch)
+        with _Heartbeat(storage, study.study_name, number):
+            result = train(config, dataset, on_epoch=on_epoch)
         findings = diagnose_result(result)
         values = [objective_value(name, result, section.target_accuracy) for name in section.objective]
-        later(lambda: _record_complete(study, trial, tracker, run_id, result, findings, values, section, logger, heartbeat))
+        diagnosis = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in findings]
+        trial.set_user_attr(ATTR_STOP_REASON, result.stop_reason)
+        trial.set_user_attr(ATTR_EPOCHS, result.epochs)
+        trial.set_user_attr(ATTR_DIAGNOSIS, _json_safe(diagnosis))
+        trial.set_user_attr(ATTR_FINAL, {k: (v if v is not None and math.isfinite(v) else None) for k, v in result.final.items()})
+        study.tell(trial, values if section.multi_objective else values[0])
+        later(lambda: _write_complete(tracker, run_id, number, result, findings, values, section, logger))
         return "COMPLETE"
     except optuna.TrialPruned:
         history = history_box.get("history")
-        later(lambda: _record_pruned(study, trial, tracker, run_id, history, config, logger, heartbeat))
+        epochs = len(history.epoch) if history is not None else 0
+        trial.set_user_attr(ATTR_STOP_REASON, "pruned")
+        trial.set_user_attr(ATTR_EPOCHS, epochs)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        later(lambda: _write_pruned(tracker, run_id, number, history, config, logger))
         return "PRUNED"
     except (KeyboardInterrupt, SystemExit):
-        heartbeat.__exit__()
         _fail(study, trial, tracker, run_id, "interrupted", status="KILLED")
         raise
     except Exception as exc:  # the trial raised: record it, keep sweeping
-        heartbeat.__exit__()
         message = f"{type(exc).__name__}: {exc}"
         try:
             params = {**config_params(config), "trial_number": number} if config is not None else {"trial_number": number}
@@ -362,77 +413,52 @@ def run_trial(
         return "FAIL"
 
 
-def _record_complete(study, trial, tracker, run_id, result, findings, values, section, logger, heartbeat) -> None:
-    """Write a finished trial's run, then tell the study (the tell happens even if the store failed)."""
-    import optuna
-
+def _write_complete(tracker, run_id, number, result, findings, values, section, logger) -> None:
+    """Write a finished trial's run and end it FINISHED (FAILED, with a warning, if the store fails)."""
     from bpexp.tracking import TAG_ERROR, log_result
 
-    number = trial.number
     try:
+        log_result(
+            tracker,
+            run_id,
+            result,
+            findings,
+            params={"trial_number": number},
+            metrics=[(f"objective.{n}", v, result.epochs) for n, v in zip(section.objective, values) if math.isfinite(v)],
+            curves=section.curves == "all",
+            logger=logger,
+        )
+        tracker.end_run(run_id, "FINISHED")
+    except Exception as exc:  # the store failed, not the trial: the study keeps the result
+        _warn(f"trial {number}: its MLflow run could not be written ({type(exc).__name__}: {exc})")
         try:
-            log_result(
-                tracker,
-                run_id,
-                result,
-                findings,
-                params={"trial_number": number},
-                metrics=[(f"objective.{n}", v, result.epochs) for n, v in zip(section.objective, values) if math.isfinite(v)],
-                curves=section.curves == "all",
-                logger=logger,
-            )
-            tracker.end_run(run_id, "FINISHED")
-        except Exception as exc:  # the store failed, not the trial: keep the result, say what was lost
-            _warn(f"trial {number}: its MLflow run could not be written ({type(exc).__name__}: {exc})")
-            try:
-                tracker.log_batch(run_id, tags={TAG_ERROR: f"recording failed: {exc}"})
-                tracker.end_run(run_id, "FAILED")
-            except Exception:
-                pass
-        diagnosis = [f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in findings]
-        trial.set_user_attr(ATTR_STOP_REASON, result.stop_reason)
-        trial.set_user_attr(ATTR_EPOCHS, result.epochs)
-        trial.set_user_attr(ATTR_DIAGNOSIS, _json_safe(diagnosis))
-        trial.set_user_attr(ATTR_FINAL, {k: (v if v is not None and math.isfinite(v) else None) for k, v in result.final.items()})
-        study.tell(trial, values if section.multi_objective else values[0])
-    except optuna.exceptions.UpdateFinishedTrialError:
-        _warn(f"trial {number} was failed by another worker (heartbeat stale) before its result was told")
-    finally:
-        heartbeat.__exit__()
+            tracker.log_batch(run_id, tags={TAG_ERROR: f"recording failed: {exc}"})
+            tracker.end_run(run_id, "FAILED")
+        except Exception:
+            pass
 
 
-def _record_pruned(study, trial, tracker, run_id, history, config, logger, heartbeat) -> None:
-    """Write a pruned trial's run (its epochs so far, no weights), end it KILLED, tell the study PRUNED."""
+def _write_pruned(tracker, run_id, number, history, config, logger) -> None:
+    """Write a pruned trial's run (its epochs so far, no weights) and end it KILLED."""
     import tempfile
-
-    import optuna
 
     from bpexp.tracking import config_params, write_run_artifacts
 
-    number = trial.number
     epochs = len(history.epoch) if history is not None else 0
     try:
-        try:
-            tracker.log_batch(
-                run_id,
-                metrics=logger.take(history) + [("epochs", float(epochs), epochs)],
-                params={**config_params(config), "trial_number": number},
-                tags={"bpexp.stop_reason": "pruned", "bpexp.pruned_at_epoch": epochs},
-            )
-            if history is not None and tracker.uri is not None:
-                with tempfile.TemporaryDirectory(prefix="bpexp-pruned-") as tmp:
-                    write_run_artifacts(tmp, history, curves=False)
-                    tracker.log_artifacts(run_id, tmp)
-            tracker.end_run(run_id, "KILLED")
-        except Exception as exc:
-            _warn(f"trial {number}: its MLflow run could not be written ({type(exc).__name__}: {exc})")
-        trial.set_user_attr(ATTR_STOP_REASON, "pruned")
-        trial.set_user_attr(ATTR_EPOCHS, epochs)
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        _warn(f"trial {number} was failed by another worker (heartbeat stale) before it was told")
-    finally:
-        heartbeat.__exit__()
+        tracker.log_batch(
+            run_id,
+            metrics=logger.take(history) + [("epochs", float(epochs), epochs)],
+            params={**config_params(config), "trial_number": number},
+            tags={"bpexp.stop_reason": "pruned", "bpexp.pruned_at_epoch": epochs},
+        )
+        if history is not None and tracker.uri is not None:
+            with tempfile.TemporaryDirectory(prefix="bpexp-pruned-") as tmp:
+                write_run_artifacts(tmp, history, curves=False)
+                tracker.log_artifacts(run_id, tmp)
+        tracker.end_run(run_id, "KILLED")
+    except Exception as exc:
+        _warn(f"trial {number}: its MLflow run could not be written ({type(exc).__name__}: {exc})")
 
 
 def _warn(message: str) -> None:
