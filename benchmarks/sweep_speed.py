@@ -61,21 +61,33 @@ def run_sweep(spec: Path, template: Path, *args: str) -> dict[str, Any]:
     try:
         shutil.copyfile(template, folder / "mlflow.db")
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        cpu_before = _children_cpu()
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "bpexp.cli", "sweep", str(spec), "--json", *args],
             cwd=folder, env=env, capture_output=True, text=True,
         )
         wall = time.perf_counter() - started
+        cpu = _children_cpu() - cpu_before
         if done.returncode != 0:
             raise SystemExit(f"bpexp sweep {' '.join(args)} failed:\n{done.stderr[-2000:]}")
         payload = json.loads(done.stdout)
         payload["wall"] = wall
+        payload["cpu"] = cpu
         payload["epochs_total"] = sum(t["epochs"] or 0 for t in payload["trials"])
         payload["finished_trials"] = payload["counts"]["COMPLETE"] + payload["counts"]["PRUNED"]
         return payload
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _children_cpu() -> float:
+    # user + system CPU seconds of every finished child (and the children they waited for):
+    # less sensitive than wall time to other jobs on a shared machine
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def no_pruning_spec(spec: Path, folder: Path) -> Path:
@@ -118,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tracked = median([r["wall"] for r in variants["tracked, 1 worker"]])
     untracked = median([r["wall"] for r in variants["--no-track, 1 worker"]])
+    tracked_cpu = median([r["cpu"] for r in variants["tracked, 1 worker"]])
+    untracked_cpu = median([r["cpu"] for r in variants["--no-track, 1 worker"]])
+    same_trials = len({r["epochs_total"] for r in variants["tracked, 1 worker"] + variants["--no-track, 1 worker"]}) == 1
     two = median([r["wall"] for r in variants["tracked, 2 workers"]])
 
     def per_minute(runs: list[dict], key: str) -> float:
@@ -139,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             "overhead_fraction": (tracked - untracked) / untracked,
             "tracked_runs_s": [round(r["wall"], 2) for r in variants["tracked, 1 worker"]],
             "untracked_runs_s": [round(r["wall"], 2) for r in variants["--no-track, 1 worker"]],
+            "tracked_cpu_s": tracked_cpu,
+            "untracked_cpu_s": untracked_cpu,
+            "cpu_overhead_fraction": (tracked_cpu - untracked_cpu) / untracked_cpu,
+            "same_trials": same_trials,
             "goal": "<= 0.05",
         },
         "workers": {
@@ -166,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t, w, p = report["tracking"], report["workers"], report["pruning"]
     print(f"sweep speed: {args.spec.name}, {report['cores']} cores, median of {args.repeats} interleaved runs")
-    print(f"  tracking    tracked {t['tracked_wall_s']:.1f} s vs --no-track {t['untracked_wall_s']:.1f} s: "
-          f"{100 * t['overhead_fraction']:+.1f} % (goal ≤ 5 %)")
+    print(f"  tracking    tracked {t['tracked_wall_s']:.1f} s vs --no-track {t['untracked_wall_s']:.1f} s wall: "
+          f"{100 * t['overhead_fraction']:+.1f} % (goal ≤ 5 %); CPU {t['tracked_cpu_s']:.1f} s vs "
+          f"{t['untracked_cpu_s']:.1f} s: {100 * t['cpu_overhead_fraction']:+.1f} %"
+          + ("" if t["same_trials"] else "  [the two ran different trials]"))
+    print(f"              runs: tracked {t['tracked_runs_s']} s, --no-track {t['untracked_runs_s']} s; "
+          f"load average {', '.join(f'{x:.1f}' for x in report['load_average'] or [])}")
     print(f"  workers     1 worker {w['one_worker_trials_per_min']:.1f} trials/min, 2 workers {w['two_workers_trials_per_min']:.1f}: "
           f"{w['speedup_trials']:.2f}× (epochs/min {w['speedup_epochs']:.2f}×; goal ≥ 1.8×)")
     print(f"  pruning     {p['epochs_with_pruning']} epochs with the pruner ({p['pruned_trials']} trials pruned) vs "
