@@ -14,16 +14,19 @@ import click
 BATCH_HELP = "A batch file: a name and a list of experiments (kind train, lr_find or sweep, each with a spec)."
 
 
-def _database_options(func):
+def _database_options(func=None, *, experiment: bool = True):
+    if func is None:
+        return lambda f: _database_options(f, experiment=experiment)
     func = click.option(
         "--storage",
         default=None,
         help="An RDB URL (postgresql+psycopg://...): the sweeps' study storage, and the batch's ledger and "
         "schedule when the tracking URI is a server. [default: the tracking database; journal file for studies]",
     )(func)
-    func = click.option(
-        "--experiment", default=None, help="MLflow experiment of every run. [default: the batch file's, else its name]"
-    )(func)
+    if experiment:
+        func = click.option(
+            "--experiment", default=None, help="MLflow experiment of every run. [default: the batch file's, else its name]"
+        )(func)
     func = click.option(
         "--tracking-uri",
         default=None,
@@ -67,6 +70,7 @@ def batch_group() -> None:
         - {name: range-test, kind: lr_find, spec: digits_mlp.yaml}
         - {name: clr, kind: sweep, spec: digits_sweep.yaml, n_trials: 8}
         - {name: gallery, kind: train, spec: failure_modes/*.yaml}
+
     Every MLflow run of a batch is tagged bpexp.batch (the name) and bpexp.batch_run
     (the batch's own run, their parent), so the MLflow UI can show one night's runs:
     filter with  tags.`bpexp.batch_run` = '<id>'.
@@ -170,11 +174,9 @@ def serve_command(
 @batch_group.command("status")
 @click.argument("batch", required=False, metavar="[BATCH]")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Past runs to list.")
-@_database_options
+@_database_options(experiment=False)
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
-def status_command(
-    batch: str | None, limit: int, tracking_uri: str | None, experiment: str | None, storage: str | None, as_json: bool
-) -> None:
+def status_command(batch: str | None, limit: int, tracking_uri: str | None, storage: str | None, as_json: bool) -> None:
     """List a batch's past runs (from the ledger) and its next scheduled run (from the job store).
 
     BATCH is a batch file or a batch name; without it, every batch's runs.
