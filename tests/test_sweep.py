@@ -28,7 +28,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from bpexp.cli import cli
 from bpexp.errors import ConfigError
-from bpexp.sweep import load_sweep_spec, run_sweep, sweep_spec_from_dict
+from bpexp.sweep import run_sweep, sweep_spec_from_dict
 from bpexp.sweep.search import iterations_to_target, objective_value, suggest_params
 from bpexp.sweep.spec import Range, apply_params
 from bpexp.tracking import MlflowTracker, load_weights, make_tracker

@@ -13,7 +13,6 @@ import sys
 import time
 
 import optuna
-import pytest
 import yaml
 from mlflow import MlflowClient
 

@@ -23,7 +23,6 @@ from bpexp import __version__
 from bpexp.config import config_from_dict, flatten
 from bpexp.errors import ServiceError
 from bpexp.tracking import (
-    MAX_METRICS_PER_BATCH,
     MlflowTracker,
     NoOpTracker,
     Tracker,

@@ -43,7 +43,6 @@ from bpexp.sweep.worker import (
     TAG_STUDY,
     WorkerJob,
     close_unfinished_runs,
-    done_count,
     quiet_optuna,
     reap_dead_trials,
     run_worker,

@@ -23,7 +23,7 @@ import fcntl
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from bpexp.errors import ServiceError
 from bpexp.tracking import PgAdvisoryLock, lock_key
