@@ -35,22 +35,23 @@ def log_softmax_loss(logits: np.ndarray, y: np.ndarray, probs_out: np.ndarray) -
     Returns:
         The mean loss over the batch, as a Python float.
     """
-    return _softmax_loss(logits, probs_out, _label_entries(probs_out, y))
+    flat, at = _label_entries(probs_out, y)
+    return _softmax_loss(logits.T, probs_out.T, flat, at)
 
 
 def softmax_grad_(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Turn ``probs`` (B, K) into dJ/dz = (ŷ − y_onehot)/B in place (article eq. 3) and return it."""
-    return _softmax_grad_(probs, _label_entries(probs, y))
+    flat, at = _label_entries(probs, y)
+    return _softmax_grad_(probs, flat, at)
 
 
-def _softmax_loss(logits: np.ndarray, probs_out: np.ndarray, entries: tuple) -> float:
-    # log_softmax_loss, given the label entries of probs_out (shared with the backward pass)
-    pt = probs_out.T  # (K, B)
-    np.copyto(pt, logits.T)
+def _softmax_loss(zt: np.ndarray, pt: np.ndarray, flat: np.ndarray, at) -> float:
+    # log_softmax_loss on the transposed views zt = logitsᵀ and pt = probs_outᵀ (K, B), given
+    # the label entries of probs_out (a model computes them once for the loss and its gradient)
+    pt[...] = zt
     # log-sum-exp with the max taken out: log Σ e^{z_k} = m + log Σ e^{z_k − m}
     # (the ufuncs' reduce, not ndarray.max/sum: those add a Python wrapper, 1 µs a call)
     pt -= np.maximum.reduce(pt, axis=0)  # (K, B), each sample's max is now 0
-    flat, at = entries
     picked = flat[at]  # z_y − m, (B,)
     np.exp(pt, out=pt)
     sums = np.add.reduce(pt, axis=0)  # (B,) ≥ 1, so the log is safe
@@ -60,9 +61,8 @@ def _softmax_loss(logits: np.ndarray, probs_out: np.ndarray, entries: tuple) -> 
     return float(np.add.reduce(sums, dtype=np.float64)) / len(sums)
 
 
-def _softmax_grad_(probs: np.ndarray, entries: tuple) -> np.ndarray:
+def _softmax_grad_(probs: np.ndarray, flat: np.ndarray, at) -> np.ndarray:
     # softmax_grad_, given the label entries of probs
-    flat, at = entries
     flat[at] -= 1.0
     probs *= probs.dtype.type(1.0 / probs.shape[0])
     return probs
@@ -75,14 +75,20 @@ def _label_entries(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     numpy offers; ``a[np.arange(B), y]`` builds and broadcasts two index arrays.
     Arrays that are neither class-major nor C-contiguous get a (B, K) view instead.
     """
+    if a.T.flags.c_contiguous:
+        return _class_major_entries(a.T, y)
     n, k = a.shape
-    y = y.astype(np.intp, copy=False)  # a small label dtype would overflow in y·B
     rows = _ROWS[:n] if n <= len(_ROWS) else np.arange(n)
-    if a.T.flags.c_contiguous:  # class-major: entry (i, c) sits at c·B + i
-        return a.T.reshape(-1), y * n + rows
     if a.flags.c_contiguous:  # row-major: entry (i, c) sits at i·K + c
-        return a.reshape(-1), rows * k + y
+        return a.reshape(-1), rows * k + y.astype(np.intp, copy=False)
     return a, (rows, y)
+
+
+def _class_major_entries(pt: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # _label_entries for a C-contiguous (K, B) buffer pt: entry (i, c) sits at c·B + i
+    n = pt.shape[1]
+    rows = _ROWS[:n] if n <= len(_ROWS) else np.arange(n)
+    return pt.reshape(-1), y.astype(np.intp, copy=False) * n + rows  # intp: a small label dtype would overflow
 
 
 _ROWS = np.arange(4096)  # row numbers for batches and evaluation chunks, shared read-only
@@ -105,6 +111,7 @@ class Model(ABC):
         self.dtype = np.dtype(dtype)
         self._buffers: dict[str, np.ndarray] = {}
         self._views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._workspaces: dict[int, tuple] = {}
 
     # --- the two passes -------------------------------------------------------
 
@@ -147,6 +154,19 @@ class Model(ABC):
         view = block[:size].reshape(shape)
         self._views[(name, shape)] = view
         return view
+
+    def _workspace(self, rows: int) -> tuple:
+        """The training step's buffers for batches of ``rows`` samples, made once per batch size."""
+        ws = self._workspaces.get(rows)
+        if ws is None:
+            if len(self._workspaces) >= 8:  # a caller cycling through batch sizes: start afresh
+                self._workspaces.clear()
+            ws = self._workspaces[rows] = self._make_workspace(rows)
+        return ws
+
+    def _make_workspace(self, rows: int) -> tuple:
+        """New buffers for :meth:`_workspace`; each model defines what its step needs."""
+        raise NotImplementedError
 
     def _packed(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Copies of ``arrays`` laid end to end in one contiguous block, as views of it."""
@@ -263,15 +283,18 @@ class Perceptron(Model):
         out = self._buffer("z", (X.shape[0], self.n_classes))
         return np.matmul(X, self.A.T, out=out)  # (B, D+1) @ (D+1, K) -> (B, K)
 
+    def _make_workspace(self, rows: int) -> tuple:
+        # logits (B, K), and the softmax class-major (K, B): see log_softmax_loss
+        return np.empty((rows, self.n_classes), self.dtype), np.empty((self.n_classes, rows), self.dtype)
+
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
-        B = X.shape[0]
+        z, pt = self._workspace(X.shape[0])
         # forward: z = A·x for every row, ŷ = softmax(z)
-        z = self.logits(X)  # (B, K)
-        probs = self._buffer("probs", (self.n_classes, B)).T  # (B, K) view, class-major
-        entries = _label_entries(probs, y)
-        loss = _softmax_loss(z, probs, entries)  # log_softmax_loss(z, y, probs)
+        np.matmul(X, self.A.T, out=z)  # (B, D+1) @ (D+1, K) -> (B, K)
+        flat, at = _class_major_entries(pt, y)
+        loss = _softmax_loss(z.T, pt, flat, at)  # log_softmax_loss(z, y, pt.T)
         # backward: dJ/dA = (ŷ − y)·xᵀ averaged over the batch (article eq. 3)
-        G = _softmax_grad_(probs, entries)  # softmax_grad_(probs, y), (B, K)
+        G = _softmax_grad_(pt.T, flat, at)  # softmax_grad_(pt.T, y), (B, K)
         np.matmul(G.T, X, out=self.dA)  # (K, B) @ (B, D+1) -> (K, D+1)
         self._add_l2_grad()
         return loss
@@ -339,7 +362,6 @@ class MLP(Model):
             self.dW.append(next(gs))
             self.b.append(None if i == 0 else next(ps))
             self.db.append(None if i == 0 else next(gs))
-        self._names = [(f"a{i}", f"u{i}", f"d{i}") for i in range(len(self.W))]  # buffer names per layer
 
     @property
     def param_names(self) -> list[str]:
@@ -364,31 +386,40 @@ class MLP(Model):
             np.maximum(a, 0, out=a)  # ReLU
         return self._dense(a, len(self.W) - 1, "eval_z")
 
+    def _make_workspace(self, rows: int) -> tuple:
+        # per hidden layer: its output, its dropout mask and its delta; then the logits and
+        # the softmax class-major (K, B): see log_softmax_loss
+        hidden = [np.empty((rows, W.shape[1]), self.dtype) for W in self.W[:-1]]
+        masks = [np.empty_like(a) for a in hidden]
+        deltas = [np.empty_like(a) for a in hidden]
+        return hidden, masks, deltas, np.empty((rows, self.n_classes), self.dtype), np.empty((self.n_classes, rows), self.dtype)
+
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
-        B = X.shape[0]
         last = len(self.W) - 1
+        hidden, masks, deltas, z, pt = self._workspace(X.shape[0])
         dropout = self.dropout > 0.0 and rng is not None
         scale = self.dtype.type(1.0 / (1.0 - self.dropout)) if dropout else None
         # ---- forward, keeping each layer's output for backward
-        acts = [X]  # acts[i] is the input of layer i
-        a = X
+        acts = [X, *hidden]  # acts[i] is the input of layer i
         for i in range(last):
-            a = self._dense(a, i, self._names[i][0])  # (B, H_i)
+            a = acts[i + 1]
+            np.matmul(acts[i], self.W[i], out=a)  # (B, in) @ (in, out) -> (B, H_i)
+            if self.b[i] is not None:
+                a += self.b[i]
             np.maximum(a, 0, out=a)  # ReLU: a = max(z, 0)
             if dropout:
                 # inverted dropout: zero a unit with probability p, scale the rest by 1/(1−p)
-                u = self._buffer(self._names[i][1], a.shape)
+                u = masks[i]
                 rng.random(out=u, dtype=u.dtype)  # float32 models draw float32 uniforms
                 np.greater_equal(u, self.dtype.type(self.dropout), out=u)  # the keep mask, as 0/1
                 a *= u
                 a *= scale
-            acts.append(a)
-        z = self._dense(a, last, "z")  # (B, K)
-        probs = self._buffer("probs", z.shape[::-1]).T  # (B, K) view, class-major
-        entries = _label_entries(probs, y)
-        loss = _softmax_loss(z, probs, entries)  # log_softmax_loss(z, y, probs)
+        np.matmul(acts[last], self.W[last], out=z)  # (B, H) @ (H, K) -> (B, K)
+        z += self.b[last]
+        flat, at = _class_major_entries(pt, y)
+        loss = _softmax_loss(z.T, pt, flat, at)  # log_softmax_loss(z, y, pt.T)
         # ---- backward, layer by layer in reverse
-        d = _softmax_grad_(probs, entries)  # softmax_grad_(probs, y): dJ/dz (B, K)
+        d = _softmax_grad_(pt.T, flat, at)  # softmax_grad_(pt.T, y): dJ/dz (B, K)
         for i in range(last, -1, -1):
             a_in = acts[i]
             np.matmul(a_in.T, d, out=self.dW[i])  # (in, B) @ (B, out) -> (in, out)
@@ -396,7 +427,7 @@ class MLP(Model):
                 np.add.reduce(d, axis=0, out=self.db[i])  # Σ over the batch, (out,)
             if i == 0:
                 break
-            d_in = self._buffer(self._names[i][2], a_in.shape)
+            d_in = deltas[i - 1]
             np.matmul(d, self.W[i].T, out=d_in)  # (B, out) @ (out, in) -> (B, in)
             # through ReLU and dropout: a = relu(z)·m/(1−p), so da/dz = [a > 0]/(1−p)
             d_in *= a_in > 0
