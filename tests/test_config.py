@@ -185,17 +185,6 @@ def test_load_config_applies_overrides_and_names_the_file(tmp_path):
     assert load_config(None, {"seed": 4}).seed == 4
 
 
-def test_experiment_specs_validate():
-    from pathlib import Path
-
-    specs = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
-    for spec in specs:
-        raw = load_yaml(spec)
-        if "data" not in raw and "model" not in raw:
-            continue  # not an experiment spec (e.g. a batch file)
-        load_config(spec)
-
-
 # ------------------------------------------------------------------- overrides
 
 
