@@ -274,6 +274,23 @@ def gemm_floor_epoch(kind: str, X: np.ndarray, y: np.ndarray) -> tuple[Callable[
     return epoch, described
 
 
+def gather_epoch(X: np.ndarray, y: np.ndarray) -> Callable[[], None]:
+    """One epoch of nothing but the shuffled batch gather run_epoch does, per call.
+
+    Not a goal: it shows how much of the gap to the GEMM floor the shuffling alone costs.
+    """
+    n = len(y)
+    buf = np.empty((EPOCH_BATCH, X.shape[1]), dtype=X.dtype)
+    rng = np.random.default_rng(0)
+
+    def epoch() -> None:
+        order = rng.permutation(n)
+        for lo, hi in batches(n, EPOCH_BATCH):
+            X.take(order[lo:hi], axis=0, out=buf[: hi - lo], mode="clip")
+
+    return epoch
+
+
 # ------------------------------------------------------------------ benchmarks
 
 
@@ -294,6 +311,7 @@ def run_epoch_benchmark(n: int, repeats: int, torch, with_sklearn: bool) -> dict
         if with_sklearn:
             contenders["sklearn"], predictors["sklearn"] = sklearn_epoch(kind, X, y)
         contenders["gemm_floor"], products = gemm_floor_epoch(kind, X, y)
+        contenders["gather"] = gather_epoch(X, y)
         times = interleaved(contenders, repeats)
         entry: dict[str, Any] = {name: summary(t) for name, t in times.items()}
         for name in ("torch", "sklearn"):
@@ -302,11 +320,12 @@ def run_epoch_benchmark(n: int, repeats: int, torch, with_sklearn: bool) -> dict
         entry["train_accuracy"] = {name: accuracy_of(predict(check_rows), y[:check_rows]) for name, predict in predictors.items()}
         entry["gemm_per_step"] = products
         for key, stat in (("ratios", "median_s"), ("cpu_ratios", "cpu_median_s")):
-            med = {name: (entry[name] or {}).get(stat) for name in ("bpexp", "torch", "sklearn", "gemm_floor")}
+            med = {name: (entry[name] or {}).get(stat) for name in ("bpexp", "torch", "sklearn", "gemm_floor", "gather")}
             entry[key] = {
                 "bpexp/torch": ratio(med["bpexp"], med["torch"]),
                 "bpexp/gemm_floor": ratio(med["bpexp"], med["gemm_floor"]),
                 "bpexp/sklearn": ratio(med["bpexp"], med["sklearn"]),
+                "bpexp/(gemm_floor+gather)": ratio(med["bpexp"], med["gemm_floor"] + med["gather"]),
             }
         results[kind] = entry
     return {"n": n, "features": N_FEATURES, "classes": N_CLASSES, "batch": EPOCH_BATCH, "lr": EPOCH_LR, "repeats": repeats, "models": results}
@@ -441,10 +460,12 @@ def print_report(report: dict[str, Any]) -> None:
         for kind, e in epoch["models"].items():
             r = e["ratios"]
             rows.append(
-                [kind, fmt_s(e["bpexp"]), fmt_s(e["torch"]), fmt_s(e["sklearn"]), fmt_s(e["gemm_floor"]),
-                 fmt_x(r["bpexp/torch"]), fmt_x(r["bpexp/gemm_floor"]), fmt_x(r["bpexp/sklearn"])]
+                [kind, fmt_s(e["bpexp"]), fmt_s(e["torch"]), fmt_s(e["sklearn"]), fmt_s(e["gemm_floor"]), fmt_s(e["gather"]),
+                 fmt_x(r["bpexp/torch"]), fmt_x(r["bpexp/gemm_floor"]), fmt_x(r["bpexp/sklearn"]), fmt_x(r["bpexp/(gemm_floor+gather)"])]
             )  # fmt: skip
-        print(table(["model", "bpexp", "torch", "sklearn", "GEMM floor", "bpexp/torch", "bpexp/floor", "bpexp/sklearn"], rows))
+        headers = ["model", "bpexp", "torch", "sklearn", "GEMM floor", "gather", "bpexp/torch", "bpexp/floor", "bpexp/sklearn", "bpexp/(floor+gather)"]
+        print(table(headers, rows))
+        print("  gather: the shuffled batch gather alone (not a goal; every shuffled epoch pays it, torch included)")
         for kind, e in epoch["models"].items():
             r = e["cpu_ratios"]
             print(
@@ -504,6 +525,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch = None if args.no_torch else import_torch()
+    if not args.no_sklearn:
+        import sklearn.neural_network  # noqa: F401 (loads scipy's BLAS before the limit is set)
     limiter = limit_threads(args.threads, torch)  # noqa: F841 (holds the limit until exit)
     report: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
