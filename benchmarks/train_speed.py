@@ -23,8 +23,11 @@ Two benchmarks, both run in one go:
    History norms; torch reads no per-step loss. Goal: bpexp at least 5x faster.
 
 Every contender is timed ``--repeats`` times, interleaved, after a warm-up, with
-numpy's BLAS, OpenMP and torch limited to the same number of threads; the tables
-show medians and ratios of medians.
+numpy's BLAS, OpenMP and torch limited to the same number of threads (1 by
+default: on a small shared machine, spinning BLAS and OpenMP workers of one
+contender steal the cores of the next, and the figures measure the scheduler);
+the tables show medians and ratios of medians, in wall-clock time, and the same
+ratios in this process's CPU time, which other load on the machine disturbs less.
 
     python benchmarks/train_speed.py            # the full run (a few minutes)
     python benchmarks/train_speed.py --quick    # a smoke run (seconds)
@@ -508,7 +511,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed runs per contender (default 5; 2 with --quick)")
     parser.add_argument("--n", type=int, help="samples in the epoch benchmark (default 60000; 4000 with --quick)")
     parser.add_argument("--digits-epochs", type=int, help="epochs of the small-data benchmark (default 100; 3 with --quick)")
-    parser.add_argument("--threads", type=int, default=available_cores(), help="threads for BLAS, OpenMP and torch (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help=f"threads for BLAS, OpenMP and torch (default 1; this machine has {available_cores()} cores)"
+    )
     parser.add_argument("--only", choices=("epoch", "small"), help="run one benchmark only")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     parser.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn column")
