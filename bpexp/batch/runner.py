@@ -166,7 +166,7 @@ def study_name_for(batch: str, experiment: str, batch_run_id: str) -> str:
 
 def manual_key(now: datetime | None = None) -> str:
     """The key of a batch run started by hand."""
-    return f"manual-{(now or utcnow()).isoformat(timespec='seconds')}"
+    return f"manual-{(now or utcnow()).isoformat(timespec='microseconds')}"  # unique: two runs within a second (--force)
 
 
 def scheduled_key(fire_time: datetime | str) -> str:
