@@ -146,7 +146,11 @@ def test_serve_fires_on_schedule_never_overlaps_and_runs_a_missed_firing_once(tm
     # two schedulers on one database, as on two machines: every firing is one batch run, none overlap
     first = Serve(batch, cron, mlflow_sqlite_uri, tmp_path)
     second = Serve(batch, cron, mlflow_sqlite_uri, tmp_path)
-    wait_until(lambda: len([r for r in cron_runs() if r.status == "finished"]) >= 2, 90, "two finished firings")
+    first.wait_for("next run at", timeout=90)
+    second.wait_for("next run at", timeout=90)
+    both_up = datetime.now(timezone.utc)
+    wait_until(lambda: len([r for r in cron_runs() if r.status == "finished" and key_time(r.key) > both_up]) >= 2, 90,
+               "two finished firings while both schedulers ran")
     assert first.stop() == 0 and second.stop() == 0
     stopped = datetime.now(timezone.utc)
     for serve in (first, second):
