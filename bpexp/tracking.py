@@ -449,6 +449,9 @@ def _limit_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # MLflow writes "View run ... at: <url>" to stdout whenever a run on a server ends;
+    # stdout is for --json's one object (and the commands' own summaries)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class MlflowTracker(Tracker):
