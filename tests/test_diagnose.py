@@ -459,6 +459,24 @@ def test_lr_too_low_needs_a_loss_that_is_still_falling():
     assert det.lr_too_low(v, FakePhysics(h_init=0.01), {}) is None
 
 
+def test_a_steady_fall_under_one_percent_is_still_falling_but_a_flat_wobble_is_not():
+    # λ = 1e-5 on digits: 0.6 % of the loss in 20 epochs, as straight as a ruler
+    crawl = list(2.3026 - 6.4e-4 * np.arange(1, 21))
+    v = view(make_history(crawl, lr=1e-5, initial_loss=2.3026), cfg(**{"optim.lr": 1e-5, "train.max_epochs": 20}))
+    assert det._still_falling(v.loss, v.loss_init)[0]
+    assert det.lr_too_low(v, FakePhysics(h_init=0.73), {}) is not None
+    # a linear model on circles: the same tiny fall, but noise around a flat line
+    wobble = list(0.6931 + 0.004 * np.sin(np.arange(1, 21) * 2.1) - 1e-5 * np.arange(1, 21))
+    w = view(make_history(wobble, lr=0.1, initial_loss=0.6931), cfg(**{"optim.lr": 0.1, "train.max_epochs": 20}))
+    assert not det._still_falling(w.loss, w.loss_init)[0]
+
+
+def test_lambda_1e_5_on_digits_is_lr_too_low_not_underfitting(make_config):
+    config = make_config(data={"name": "digits"}, model={"l2": 0.001}, optim={"lr": 1e-5, "batch_size": 32},
+                         train={"max_epochs": 20})
+    assert [f.mode for f in diagnose(train(config))] == ["lr_too_low"]
+
+
 @pytest.mark.parametrize("ratio,found", [(-4.2, True), (-3.8, False)])
 def test_lr_too_low_without_the_model_uses_the_update_ratio(ratio, found):
     # per-step ‖Δθ‖/‖θ‖ = path/steps/weight_norm: TheDeepChecker's −4

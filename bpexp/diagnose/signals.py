@@ -232,11 +232,11 @@ def level(series: np.ndarray, index: int, width: int = 3) -> float:
     return float(np.median(window)) if len(window) else math.nan
 
 
-def tail_share(series: np.ndarray, start: float, first: float) -> float:
+def tail_share(series: np.ndarray, start: float, first: float, min_fall: float = MIN_FALL) -> float:
     """Share of the total fall (from ``first`` to the end) made after fraction ``start`` of the run.
 
     Near 0 when the curve has flattened; about 1 − start for a straight line. NaN when the
-    whole fall is under :data:`MIN_FALL` of ``first``: a share of nothing is noise.
+    whole fall is under ``min_fall`` of ``first``: a share of nothing is noise.
     """
     n = len(series)
     if n < 4 or not math.isfinite(first):
@@ -245,7 +245,7 @@ def tail_share(series: np.ndarray, start: float, first: float) -> float:
     end = level(series, n - 1)
     mid = level(series, q)
     total = first - end
-    if not (math.isfinite(end) and math.isfinite(mid)) or total <= MIN_FALL * abs(first):
+    if not (math.isfinite(end) and math.isfinite(mid)) or total <= min_fall * abs(first):
         return math.nan
     return (mid - end) / total
 
