@@ -415,11 +415,11 @@ def test_two_workers_share_the_default_stores(tmp_path, monkeypatch, _mlflow_tem
     raw = {
         **BASE,
         "data": {"name": "digits"},
-        "model": {"kind": "mlp", "hidden": [64]},
+        "model": {"kind": "mlp", "hidden": [128]},
         "optim": {"lr": 0.1, "batch_size": 8},
         # trials of about a second, so that the second process (started while the first
         # already trains) gets its share
-        "train": {"max_epochs": 20},
+        "train": {"max_epochs": 30},
         "sweep": {"n_trials": 8, "pruner": "none", "lr_find": {"epochs": 1}, "space": {"lr": "auto"}},
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
@@ -458,7 +458,7 @@ def test_a_killed_sweep_resumes(tmp_path, _mlflow_template_db):
         "data": {"name": "digits"},
         "model": {"kind": "mlp", "hidden": [64]},
         "optim": {"lr": 0.1, "batch_size": 8},
-        "train": {"max_epochs": 12},
+        "train": {"max_epochs": 40},  # trials of a second or so: long enough to be caught mid-way
         "sweep": {"n_trials": 4, "pruner": "none", "space": {"optim.lr": {"low": 0.01, "high": 0.2, "log": True}}},
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
