@@ -12,7 +12,7 @@ Two benchmarks, both run in one go:
    - sklearn: ``MLPClassifier(solver="sgd", batch_size=128, max_iter=1)``, plain SGD
      (no momentum, no L2), ``hidden_layer_sizes=()`` for the perceptron;
    - GEMM floor: only the matrix products of that epoch. They are recorded from one
-     real bpexp step (same calls, operand shapes, memory layouts and output buffers)
+     real bpexp step (same functions, operand shapes, memory layouts and output buffers)
      and replayed once per batch on consecutive slices of X, nothing else.
    Goals: bpexp <= 0.7x torch, <= 1.3x the GEMM floor, well ahead of sklearn
    (read as <= 0.8x: on these GEMM-bound shapes the floor caps any numpy MLP's lead).
@@ -204,24 +204,27 @@ BATCH_T = object()  # stands for its transpose
 
 
 def record_matmuls(model: Model, Xb: np.ndarray, yb: np.ndarray) -> list[tuple]:
-    """The np.matmul calls of one training step of ``model`` on the batch ``Xb``.
+    """The matrix products (np.matmul and np.dot calls) of one training step of ``model`` on ``Xb``.
 
     Returns:
-        One ``(a, b, out)`` per call, with an operand that views ``Xb`` replaced by
+        One ``(function, a, b, out)`` per call, with an operand that views ``Xb`` replaced by
         :data:`BATCH` or :data:`BATCH_T`, so that it can be pointed at another batch.
     """
     calls: list[tuple] = []
-    real = np.matmul
+    real = {"matmul": np.matmul, "dot": np.dot}
 
-    def spy(a, b, *args, out=None, **kwargs):
-        calls.append((a, b, out))
-        return real(a, b, *args, out=out, **kwargs)
+    def spy(name):
+        def call(a, b, *args, out=None, **kwargs):
+            calls.append((real[name], a, b, out))
+            return real[name](a, b, *args, out=out, **kwargs)
 
-    np.matmul = spy
+        return call
+
+    np.matmul, np.dot = spy("matmul"), spy("dot")
     try:
         model.loss_and_grad(Xb, yb, None)
     finally:
-        np.matmul = real
+        np.matmul, np.dot = real["matmul"], real["dot"]
 
     def tag(arr):
         if isinstance(arr, np.ndarray) and np.shares_memory(arr, Xb):
@@ -229,8 +232,8 @@ def record_matmuls(model: Model, Xb: np.ndarray, yb: np.ndarray) -> list[tuple]:
         return arr
 
     if not calls:
-        raise RuntimeError("the model made no np.matmul call; the GEMM floor would be empty")
-    return [(tag(a), tag(b), out) for a, b, out in calls]
+        raise RuntimeError("the model made no np.matmul or np.dot call; the GEMM floor would be empty")
+    return [(fn, tag(a), tag(b), out) for fn, a, b, out in calls]
 
 
 def describe_call(a, b, out, rows: int, width: int) -> str:
@@ -263,17 +266,16 @@ def gemm_floor_epoch(kind: str, X: np.ndarray, y: np.ndarray) -> tuple[Callable[
     for rows in sizes:
         Xb = np.array(X[:rows])  # a separate buffer, as the gathered batch is in bpexp
         plans[rows] = record_matmuls(model, Xb, y[:rows])
-    described = [describe_call(a, b, out, max(sizes), X.shape[1]) for a, b, out in plans[max(sizes)]]
-    matmul = np.matmul
+    described = [describe_call(a, b, out, max(sizes), X.shape[1]) for _, a, b, out in plans[max(sizes)]]
 
     def epoch() -> None:
         for lo, hi in batches(n, EPOCH_BATCH):
             Xs = X[lo:hi]
             XsT = Xs.T
-            for a, b, out in plans[hi - lo]:
+            for product, a, b, out in plans[hi - lo]:
                 a = Xs if a is BATCH else XsT if a is BATCH_T else a
                 b = Xs if b is BATCH else XsT if b is BATCH_T else b
-                matmul(a, b, out=out)
+                product(a, b, out=out)
 
     return epoch, described
 

@@ -289,13 +289,14 @@ class Perceptron(Model):
 
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
         z, pt = self._workspace(X.shape[0])
+        X = X.astype(self.dtype, copy=False)  # np.dot below takes out= of the exact result dtype only
         # forward: z = A·x for every row, ŷ = softmax(z)
-        np.matmul(X, self.A.T, out=z)  # (B, D+1) @ (D+1, K) -> (B, K)
+        np.dot(X, self.A.T, out=z)  # (B, D+1) @ (D+1, K) -> (B, K)
         flat, at = _class_major_entries(pt, y)
         loss = _softmax_loss(z.T, pt, flat, at)  # log_softmax_loss(z, y, pt.T)
         # backward: dJ/dA = (ŷ − y)·xᵀ averaged over the batch (article eq. 3)
         G = _softmax_grad_(pt.T, flat, at)  # softmax_grad_(pt.T, y), (B, K)
-        np.matmul(G.T, X, out=self.dA)  # (K, B) @ (B, D+1) -> (K, D+1)
+        np.dot(G.T, X, out=self.dA)  # (K, B) @ (B, D+1) -> (K, D+1)
         self._add_l2_grad()
         return loss
 
@@ -397,13 +398,16 @@ class MLP(Model):
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
         last = len(self.W) - 1
         hidden, masks, deltas, z, pt = self._workspace(X.shape[0])
+        X = X.astype(self.dtype, copy=False)  # np.dot below takes out= of the exact result dtype only
         dropout = self.dropout > 0.0 and rng is not None
         scale = self.dtype.type(1.0 / (1.0 - self.dropout)) if dropout else None
         # ---- forward, keeping each layer's output for backward
         acts = [X, *hidden]  # acts[i] is the input of layer i
         for i in range(last):
             a = acts[i + 1]
-            np.matmul(acts[i], self.W[i], out=a)  # (B, in) @ (in, out) -> (B, H_i)
+            # np.dot, not np.matmul, for the products of a step: the same BLAS call with 0.4 µs less
+            # dispatch each, which counts on small batches
+            np.dot(acts[i], self.W[i], out=a)  # (B, in) @ (in, out) -> (B, H_i)
             if self.b[i] is not None:
                 a += self.b[i]
             np.maximum(a, 0, out=a)  # ReLU: a = max(z, 0)
@@ -414,7 +418,7 @@ class MLP(Model):
                 np.greater_equal(u, self.dtype.type(self.dropout), out=u)  # the keep mask, as 0/1
                 a *= u
                 a *= scale
-        np.matmul(acts[last], self.W[last], out=z)  # (B, H) @ (H, K) -> (B, K)
+        np.dot(acts[last], self.W[last], out=z)  # (B, H) @ (H, K) -> (B, K)
         z += self.b[last]
         flat, at = _class_major_entries(pt, y)
         loss = _softmax_loss(z.T, pt, flat, at)  # log_softmax_loss(z, y, pt.T)
@@ -422,13 +426,13 @@ class MLP(Model):
         d = _softmax_grad_(pt.T, flat, at)  # softmax_grad_(pt.T, y): dJ/dz (B, K)
         for i in range(last, -1, -1):
             a_in = acts[i]
-            np.matmul(a_in.T, d, out=self.dW[i])  # (in, B) @ (B, out) -> (in, out)
+            np.dot(a_in.T, d, out=self.dW[i])  # (in, B) @ (B, out) -> (in, out)
             if self.db[i] is not None:
                 np.add.reduce(d, axis=0, out=self.db[i])  # Σ over the batch, (out,)
             if i == 0:
                 break
             d_in = deltas[i - 1]
-            np.matmul(d, self.W[i].T, out=d_in)  # (B, out) @ (out, in) -> (B, in)
+            np.dot(d, self.W[i].T, out=d_in)  # (B, out) @ (out, in) -> (B, in)
             # through ReLU and dropout: a = relu(z)·m/(1−p), so da/dz = [a > 0]/(1−p)
             d_in *= a_in > 0
             if dropout:
