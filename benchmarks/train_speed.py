@@ -30,7 +30,7 @@ contender steal the cores of the next, and the figures measure the scheduler);
 the tables show medians and ratios of medians, in wall-clock time, and the same
 ratios in this process's CPU time, which other load on the machine disturbs less.
 
-    python benchmarks/train_speed.py            # the full run (a few minutes)
+    python benchmarks/train_speed.py            # the full run (about a minute)
     python benchmarks/train_speed.py --quick    # a smoke run (seconds)
     python benchmarks/train_speed.py --json     # one JSON object on stdout
 """
