@@ -64,7 +64,9 @@ def run_sweep(spec: Path, template: Path, *args: str) -> dict[str, Any]:
         cpu_before = _children_cpu()
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "bpexp.cli", "sweep", str(spec), "--json", *args],
+            # --no-report: the report after a sweep is its own feature (and reads every run
+            # back from MLflow when tracked); what is measured here is the sweep
+            [sys.executable, "-m", "bpexp.cli", "sweep", str(spec), "--json", "--no-report", *args],
             cwd=folder, env=env, capture_output=True, text=True,
         )
         wall = time.perf_counter() - started
