@@ -532,6 +532,19 @@ def test_every_sampler_and_pruner_runs(tmp_path, sampler, pruner):
         assert sorted(trial.intermediate_values) == (list(range(1, trial.user_attrs["bpexp.epochs"] + 1)) if pruner != "none" else [])
 
 
+def test_a_used_up_grid_leaves_every_trial_run_finished(tmp_path, mlflow_sqlite_uri):
+    # GridSampler stops the study when its grid is used up, which Optuna refuses outside
+    # optimize(); that refusal must not turn the last trial's MLflow run FAILED.
+    space = {"optim.lr": {"choices": [0.05, 0.3]}, "optim.batch_size": {"choices": [16, 32]}}
+    spec = sweep_spec_from_dict(spec_dict(n_trials=4, sampler="grid", pruner="none", space=space))
+    outcome = run_sweep(spec, make_tracker(mlflow_sqlite_uri, "grid"), storage=str(tmp_path / "study.journal"))
+    assert outcome.counts["COMPLETE"] == 4
+    client = MlflowClient(mlflow_sqlite_uri)
+    statuses = [client.get_run(t.run_id).info.status for t in outcome.trials]
+    assert statuses == ["FINISHED"] * 4
+    assert all("bpexp.error" not in client.get_run(t.run_id).data.tags for t in outcome.trials)
+
+
 def test_a_run_left_running_by_a_dead_worker_is_closed(tmp_path, mlflow_sqlite_uri):
     from bpexp.sweep.worker import close_unfinished_runs, identity
 

@@ -388,7 +388,7 @@ def run_trial(
         trial.set_user_attr(ATTR_EPOCHS, result.epochs)
         trial.set_user_attr(ATTR_DIAGNOSIS, _json_safe(diagnosis))
         trial.set_user_attr(ATTR_FINAL, {k: (v if v is not None and math.isfinite(v) else None) for k, v in result.final.items()})
-        study.tell(trial, values if section.multi_objective else values[0])
+        _tell(study, trial, values if section.multi_objective else values[0])
         later(lambda: _write_complete(tracker, run_id, number, result, findings, values, section, logger))
         return "COMPLETE"
     except optuna.TrialPruned:
@@ -396,7 +396,7 @@ def run_trial(
         epochs = len(history.epoch) if history is not None else 0
         trial.set_user_attr(ATTR_STOP_REASON, "pruned")
         trial.set_user_attr(ATTR_EPOCHS, epochs)
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
         later(lambda: _write_pruned(tracker, run_id, number, history, config, logger))
         return "PRUNED"
     except (KeyboardInterrupt, SystemExit):
@@ -465,12 +465,27 @@ def _warn(message: str) -> None:
     print(f"bpexp: warning: {message}", file=sys.stderr)
 
 
+def _tell(study: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
+    """``study.tell``, for the ask-and-tell loop, where GridSampler's ``after_trial`` may not stop the study.
+
+    Once the grid is used up, GridSampler calls ``study.stop()``, which Optuna refuses
+    outside ``optimize`` with a RuntimeError; the trial's state is stored before that
+    (optuna/study/_tell.py stores it in a ``finally``), and the sweep stops at
+    ``grid_size`` on its own, so that refusal is dropped here.
+    """
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
 def _fail(study: Any, trial: Any, tracker: Any, run_id: str, message: str, *, status: str) -> None:
     import optuna
 
     try:
         trial.set_user_attr(ATTR_ERROR, message[:2000])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _tell(study, trial, state=optuna.trial.TrialState.FAIL)
     except Exception:
         pass
     try:
