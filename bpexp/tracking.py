@@ -745,6 +745,7 @@ EPOCH_METRICS = (
     "path_length",
     "grad_norm",
     "iterations",
+    "batch_loss",  # the mean minibatch loss within the epoch: against train_loss, the bad-ordering signal
 )
 
 
