@@ -463,12 +463,13 @@ def test_a_steady_fall_under_one_percent_is_still_falling_but_a_flat_wobble_is_n
     # λ = 1e-5 on digits: 0.6 % of the loss in 20 epochs, as straight as a ruler
     crawl = list(2.3026 - 6.4e-4 * np.arange(1, 21))
     v = view(make_history(crawl, lr=1e-5, initial_loss=2.3026), cfg(**{"optim.lr": 1e-5, "train.max_epochs": 20}))
-    assert det._still_falling(v.loss, v.loss_init)[0]
+    assert det._still_falling(v.loss, v.loss_init, crawl=True)[0]
+    assert not det._still_falling(v.loss, v.loss_init)[0]  # for the other detectors a crawl has settled
     assert det.lr_too_low(v, FakePhysics(h_init=0.73), {}) is not None
     # a linear model on circles: the same tiny fall, but noise around a flat line
     wobble = list(0.6931 + 0.004 * np.sin(np.arange(1, 21) * 2.1) - 1e-5 * np.arange(1, 21))
     w = view(make_history(wobble, lr=0.1, initial_loss=0.6931), cfg(**{"optim.lr": 0.1, "train.max_epochs": 20}))
-    assert not det._still_falling(w.loss, w.loss_init)[0]
+    assert not det._still_falling(w.loss, w.loss_init, crawl=True)[0]
 
 
 def test_lambda_1e_5_on_digits_is_lr_too_low_not_underfitting(make_config):

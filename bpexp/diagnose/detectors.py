@@ -147,14 +147,21 @@ def _short(view: RunView, confidence: float) -> float:
     return confidence * max(view.n, 0) / SHORT_RUN
 
 
-def _still_falling(series: np.ndarray, first: float, threshold: float = STILL_FALLING) -> tuple[bool, float]:
+def _still_falling(
+    series: np.ndarray, first: float, threshold: float = STILL_FALLING, *, crawl: bool = False
+) -> tuple[bool, float]:
     """(falling?, share of the fall in the last quarter): the share ≥ ``threshold`` and a
-    slope ≥ 3 standard errors below 0."""
+    slope ≥ 3 standard errors below 0.
+
+    With ``crawl``, a fall under MIN_FALL that is steady beyond doubt counts too: the
+    slowest of descents (λ = 1e-5 on digits: 0.6 % in 20 epochs, t ≈ −10⁴). Only
+    lr_too_low asks for it, where the Hessian's e-fold count then decides; for the
+    other detectors such a crawl is a model settling at its floor (a linear model on
+    circles creeping towards log 2).
+    """
     share = tail_share(series, 0.75, first)
     t = trend_t(series, 0.75)
-    if not math.isfinite(share) and t <= TREND_T:
-        # A fall under MIN_FALL that is steady beyond doubt is the slowest of descents
-        # (λ = 1e-5 on digits: 0.6 % in 20 epochs, t ≈ −10⁴), not noise: share it out.
+    if crawl and not math.isfinite(share) and t <= TREND_T:
         share = tail_share(series, 0.75, first, min_fall=0.0)
     falling = math.isfinite(share) and share >= threshold and t <= TREND_T  # NaN compares False
     return falling, share
@@ -363,7 +370,7 @@ def lr_too_low(view: RunView, phys: RunPhysics | None, found: dict) -> Finding |
     if view.stop_reason != "max_epochs" or view.n < MIN_LATE_POINTS or "lr_too_high" in found:
         return None
     init = view.loss_init
-    falling, share = _still_falling(view.loss, init)
+    falling, share = _still_falling(view.loss, init, crawl=True)
     osc, _ = _late_oscillation(view)
     if not falling or (osc is not None and osc.rise_share >= OSC_RISE_SHARE):
         return None
