@@ -37,9 +37,10 @@ import numpy as np
 from bpexp import __version__
 from bpexp.config import flatten
 from bpexp.errors import ConfigError, ServiceError
+from bpexp.train import History
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from bpexp.train import History, TrainResult
+    from bpexp.train import TrainResult
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "bpexp"
@@ -734,19 +735,8 @@ def make_tracker(uri: str | None = None, experiment: str | None = None, *, enabl
 # ------------------------------------------------------------- results → run contents
 
 #: History series logged as per-epoch metrics (step = epoch, from 1)
-EPOCH_METRICS = (
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "weight_norm",
-    "update_norm",
-    "path_length",
-    "grad_norm",
-    "iterations",
-    "batch_loss",  # the mean minibatch loss within the epoch: against train_loss, the bad-ordering signal
-)
+EPOCH_METRICS = tuple(name for name in History.PER_EPOCH if name != "epoch")
+"""The per-epoch series logged as metrics, with the epoch number as their step."""
 
 
 def epoch_metrics(history: "History", start: int = 0) -> list[tuple[str, float, int]]:

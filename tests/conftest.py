@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI replays a fixed sequence of examples (the same every run), so a submission's result
+# does not depend on which random examples a run happened to draw; locally they vary.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 from bpexp.config import config_from_dict
 from bpexp.data import load_dataset
@@ -122,32 +132,32 @@ def mlflow_pg_uri(pg_databases):
     return uri
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` on 127.0.0.1 and a free port; yields its http:// URI.
+@contextlib.contextmanager
+def _mlflow_server_process(backend: str, root, timeout: float):
+    """Run ``mlflow server`` over ``backend`` on 127.0.0.1 and a free port until the block ends.
 
-    Backed by a SQLite file and an artifact folder in a session tmp folder; waited for
-    through /health (up to 90 s on a fresh database) and terminated at the end.
+    Waits for /health up to ``timeout`` seconds (MLflow migrates an empty store first),
+    yields (uri, process), and stops the server's whole process group afterwards.
     """
     import os
+    import signal
     import subprocess
     import sys
     import time
     import urllib.request
 
-    root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--backend-store-uri", backend,
          "--artifacts-destination", str(root / "artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout
     try:
         while True:
             if proc.poll() is not None:
@@ -159,12 +169,10 @@ def mlflow_server(tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health within 90 s")
+                pytest.fail(f"mlflow server over {backend.split(':', 1)[0]} did not answer /health within {timeout:.0f} s")
             time.sleep(0.5)
-        yield uri
+        yield uri, proc
     finally:
-        import signal
-
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=15)
@@ -176,7 +184,16 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
-# ------------------------------------------------------------------ reports
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 and a free port; yields its http:// URI.
+
+    Backed by a SQLite file and an artifact folder in a session tmp folder; waited for
+    through /health (up to 90 s on a fresh database) and terminated at the end.
+    """
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with _mlflow_server_process(f"sqlite:///{root / 'server.db'}", root, timeout=90) as (uri, _):
+        yield uri
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +211,7 @@ def report_sweep(digits32):
 # ------------------------------------------------------------------ an mlflow server on PostgreSQL
 
 
+
 @pytest.fixture(scope="module")
 def mlflow_pg_server(pg_databases, tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1, its backend store a fresh PostgreSQL database; one per test module.
@@ -203,49 +221,9 @@ def mlflow_pg_server(pg_databases, tmp_path_factory):
     ``root`` (its folder: artifacts/, server.log) and ``proc``. Waited for through
     /health (up to 120 s: MLflow migrates an empty PostgreSQL database first).
     """
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
     import types
-    import urllib.request
 
     backend = pg_databases("mlflow")
     root = tmp_path_factory.mktemp("mlflow-pg-server")
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", backend,
-         "--artifacts-destination", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow server on PostgreSQL did not answer /health within 120 s")
-            time.sleep(0.5)
+    with _mlflow_server_process(backend, root, timeout=120) as (uri, proc):
         yield types.SimpleNamespace(uri=uri, backend=backend, root=root, proc=proc)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()

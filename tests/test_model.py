@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bpexp.config import ModelConfig
@@ -53,10 +53,22 @@ def objective(model, X, y, dropout_seed: int | None) -> float:
     return model.loss_and_grad(X, y, rng) + model.l2_penalty()
 
 
+# A central difference in float64 carries a rounding error of about eps·|J|/H ≈ 1e-10 per
+# entry (the objective's terms are O(1) even where the gradient is tiny), so it can judge a
+# gradient array to 1e-6 relative only where its norm is ≳ 1e-10/1e-6 = 1e-4. Smaller ones
+# (a saturated softmax, a unit whose outgoing weights are near 0) are beyond this oracle;
+# test_log_softmax_cross_entropy_gradient covers saturation with a long-double reference.
+RESOLVABLE = 1e-4
+
+
 def check_gradients(model, X, y, dropout_seed: int | None = None) -> None:
     objective(model, X, y, dropout_seed)
     analytic = [g.copy() for g in model.grads]
+    judged = 0
     for name, p, g in zip(model.param_names, model.params, analytic):
+        if np.linalg.norm(g) < RESOLVABLE:
+            continue
+        judged += 1
         numeric = np.zeros_like(p)
         for idx in np.ndindex(p.shape):
             old = p[idx]
@@ -68,6 +80,7 @@ def check_gradients(model, X, y, dropout_seed: int | None = None) -> None:
             numeric[idx] = (up - down) / (2 * H)
         err = rel_error(numeric, g)
         assert err < REL, f"{name}: relative error {err:.2e} (analytic {g.ravel()[:4]}, numeric {numeric.ravel()[:4]})"
+    assume(judged == len(analytic))  # let hypothesis look for cases where every array is judged
 
 
 # ------------------------------------------------------------- the loss itself
@@ -81,9 +94,12 @@ def _reference_loss(z: np.ndarray, y: np.ndarray) -> np.longdouble:
     gradient that small. x86's 80-bit long double (eps ≈ 1e-19) leaves room.
     """
     z = z.astype(np.longdouble)
-    m = z.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
-    return np.mean(lse - z[np.arange(len(y)), y])
+    rows = np.arange(len(y))
+    # −log softmax(z)_y = log(1 + Σ_{k≠y} e^{z_k − z_y}): differences of nearby logits are
+    # exact, and log1p keeps a loss near 0 to full precision, whatever the shift of z
+    d = np.exp(z - z[rows, y][:, None])
+    d[rows, y] = 0
+    return np.mean(np.log1p(d.sum(axis=1)))
 
 
 @FD

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from bpexp.report.records import COMPLETE, FAIL, PRUNED, SweepRecord, TrialRecord, unflatten
+from bpexp.report.records import COMPLETE, FAIL, PRUNED, SweepRecord, TrialRecord, finite_number as _finite, unflatten
 
 HEALTHY = "healthy"
 DIVERGED = "diverged"
@@ -1185,13 +1185,3 @@ def build_report_data(sweep: SweepRecord) -> ReportData:
         failures=failure_table(sweep),
         recommendation=recommendation(sweep),
     )
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

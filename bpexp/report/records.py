@@ -60,7 +60,7 @@ class TrialRecord:
         what a sweep over ``optim.lr`` varies.
         """
         for key in ("schedule.lr", "schedule.max_lr", "optim.lr"):
-            value = _number(self.params.get(key))
+            value = finite_number(self.params.get(key))
             if value is not None and value > 0:
                 return value
         return None
@@ -73,12 +73,12 @@ class TrialRecord:
     @property
     def stop_loss(self) -> float | None:
         """``train.stop_loss``, or None when the run had no loss threshold."""
-        return _number(self.params.get("train.stop_loss"))
+        return finite_number(self.params.get("train.stop_loss"))
 
     @property
     def modes(self) -> list[str]:
         """The diagnosed failure modes, most confident first."""
-        ranked = sorted(self.diagnosis, key=lambda f: -(_number(f.get("confidence")) or 0.0))
+        ranked = sorted(self.diagnosis, key=lambda f: -(finite_number(f.get("confidence")) or 0.0))
         return [str(f.get("mode")) for f in ranked if f.get("mode")]
 
     def finding(self, mode: str) -> dict[str, Any] | None:
@@ -244,7 +244,8 @@ def unflatten(params: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None for None, booleans, text and NaN or inf."""
     if value is None or isinstance(value, bool):
         return None
     try:
