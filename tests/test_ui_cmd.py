@@ -91,3 +91,38 @@ def test_ui_serves_the_embedded_store_and_stops_on_sigterm(tmp_path):
     # the server's port is free again: nothing is left running
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _processes_with(text: str) -> list[int]:
+    """Pids whose command line contains ``text`` (read from /proc)."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_sigterm_while_the_server_starts_leaves_no_server_behind(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    port = _free_port()
+    marker = f"--port {port}"
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "bpexp.cli", "ui", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not [pid for pid in _processes_with(marker) if pid != ui.pid] and time.monotonic() < deadline:
+        time.sleep(0.2)  # wait until the mlflow server process exists, long before it answers
+    assert [pid for pid in _processes_with(marker) if pid != ui.pid], "the mlflow server never started"
+    ui.send_signal(signal.SIGTERM)
+    ui.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_with(marker) == []

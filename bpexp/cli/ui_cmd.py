@@ -61,6 +61,14 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float) -> None
     raise ServiceError(f"mlflow server did not answer at {url}/health within {timeout:.0f} s")
 
 
+class _Stop(BaseException):
+    """SIGTERM arrived: leave the wait and stop the server."""
+
+
+def _raise_stop(signum, frame) -> None:
+    raise _Stop()
+
+
 @click.command("ui")
 @click.option("--tracking-uri", default=None, help="Backend store to show; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; anything but loopback exposes the runs.")
@@ -92,23 +100,25 @@ def ui_command(tracking_uri: str | None, host: str, port: int, artifacts: str | 
         )
     probe_tracking_uri(uri)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    # the server's own logs go to stderr; stdout carries only the address line
-    process = subprocess.Popen(server_command(uri, host, port, artifacts, auth), env=env, stdout=sys.stderr)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown_host}:{port}"
+    # SIGTERM, even while the server is still starting, must stop the server too
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    process: subprocess.Popen | None = None
     try:
+        # the server's own logs go to stderr; stdout carries only the address line
+        process = subprocess.Popen(server_command(uri, host, port, artifacts, auth), env=env, stdout=sys.stderr)
         wait_for_health(url, process, timeout)
         click.echo(f"MLflow UI for {uri}: {url}/#/experiments  (Ctrl-C stops it)")
         sys.stdout.flush()
-        # hand SIGTERM on to the server, then wait for it like for Ctrl-C
-        signal.signal(signal.SIGTERM, lambda *_: process.terminate())
         process.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         pass
     finally:
-        if process.poll() is None:
-            process.terminate()
+        signal.signal(signal.SIGTERM, previous)
+        if process is not None and process.poll() is None:
+            process.terminate()  # mlflow server stops its uvicorn workers on SIGTERM
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
