@@ -138,12 +138,17 @@ def write_text(path: Path, text: str) -> str:
     return path.name
 
 
+@pytest.mark.parametrize("tracked", [False, True], ids=["no-track", "tracked"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_gives_one_line_exit_2_and_writes_nothing(workdir, case):
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(workdir, case, tracked):
+    # tracked: the default MLflow store must not be created either (bad data fails first)
     make_args, expected = CASES[case]
     args = make_args(workdir)
     before = listing(workdir)
-    result = run([*args, "--max-epochs", "1", "--json"])
+    if tracked:
+        result = CliRunner().invoke(cli, ["train", *args, "--max-epochs", "1", "--json"])
+    else:
+        result = run([*args, "--max-epochs", "1", "--json"])
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
     assert result.stdout == ""
     lines = [line for line in result.stderr.splitlines() if line.strip()]

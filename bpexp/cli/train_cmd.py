@@ -45,14 +45,24 @@ def train_command(
       bpexp train --dataset circles --model mlp --hidden 32 --optimizer adam --lr 0.01
       bpexp train --spec experiments/failure_modes/lr_too_high.yaml --apply-advice
     """
+    from bpexp.data import load_dataset
     from bpexp.train import train
 
     from bpexp.tracking import TAG_KIND, EpochLogger, diagnose_result, log_result, open_run
 
     config = config_from_options(spec, sets, flags)
+    # Bad data fails here, before the tracking store is touched: a bad input writes nothing.
+    loaded = {"data": config.data, "dtype": config.model.dtype, "dataset": load_dataset(config.data, config.seed, config.model.dtype)}
     tracker = tracker_from_options(tracking_uri, experiment, no_track, config)  # fails fast, before training
 
+    def dataset_for(config):
+        if (config.data, config.model.dtype) != (loaded["data"], loaded["dtype"]):  # advice may change the data
+            loaded.update(data=config.data, dtype=config.model.dtype,
+                          dataset=load_dataset(config.data, config.seed, config.model.dtype))
+        return loaded["dataset"]
+
     def run_once(config):
+        dataset = dataset_for(config)
         with open_run(tracker, config.name, tags={TAG_KIND: "train"}) as run_id:
             logger = EpochLogger(tracker, run_id)
             with DelayedProgress(f"train {config.name}", config.train.max_epochs) as progress:
@@ -61,7 +71,7 @@ def train_command(
                     progress.update(epoch, f"loss {history.train_loss[-1]:.4g}  val acc {history.val_accuracy[-1]:.3f}")
                     logger(epoch, history)
 
-                result = train(config, on_epoch=on_epoch)
+                result = train(config, dataset, on_epoch=on_epoch)
             findings = diagnose_result(result)
             log_result(tracker, run_id, result, findings, logger=logger)
         payload = result.to_json()
