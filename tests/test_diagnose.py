@@ -255,6 +255,22 @@ def test_top_hessian_eigenvalue_of_the_perceptron_at_zero_has_a_closed_form(digi
     assert phy.top_hessian_eigenvalue(model, config, X, digits32.train.y, seed=0) == phy.zero_perceptron_top(X, 10, 0.0)
 
 
+def test_gram_top_is_the_dense_eigenvalue_of_its_own_array_and_of_no_other(digits32):
+    # the cache keys on the array's identity: a hit must equal the dense eigvalsh of that
+    # array, and another array (even of the same shape) gets its own eigenvalue
+    X = digits32.train.X
+    dense = float(np.linalg.eigvalsh(X.astype(np.float64).T @ X.astype(np.float64) / len(X))[-1])
+    assert phy.gram_top(X) == pytest.approx(dense, rel=1e-12)
+    assert phy.gram_top(X) == phy.gram_top(X)
+    scaled = 2.0 * X
+    assert phy.gram_top(scaled) == pytest.approx(4.0 * dense, rel=1e-9)
+    sub = phy.gram_top(X, limit=100, seed=3)
+    idx = phy._subset(len(X), 100, 3)
+    Xs = X[idx].astype(np.float64)
+    assert sub == pytest.approx(float(np.linalg.eigvalsh(Xs.T @ Xs / len(Xs))[-1]), rel=1e-12)
+    assert sub != pytest.approx(dense, rel=1e-6)
+
+
 @pytest.mark.parametrize("name,momentum", [("sgd", 0.0), ("momentum", 0.9), ("momentum", 0.5), ("nesterov", 0.9), ("nesterov", 0.5)])
 def test_stability_limit_separates_converging_from_diverging_steps(name, momentum):
     # a 1-D quadratic J = h·θ²/2 run by bpexp's own optimisers, just below and just above the limit

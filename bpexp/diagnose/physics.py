@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -132,6 +133,39 @@ def zero_perceptron_top(X: np.ndarray, n_classes: int, l2: float) -> float:
     return float(np.linalg.eigvalsh(gram)[-1] / n_classes + l2)
 
 
+_GRAM_TOP: dict[tuple, tuple[weakref.ref, float]] = {}
+"""λ_max(XᵀX/n) per training array: every run of a sweep trains on the same (immutable)
+split, and at A = 0 the Hessian depends on nothing else, so one eigenvalue problem serves
+them all. Keyed by the array's identity (held weakly, so a freed array's entry is dropped)
+and the subset drawn from it."""
+
+
+def gram_top(X: np.ndarray, limit: int = HESSIAN_SAMPLES, seed: int = 0) -> float:
+    """λ_max(XᵀX/n) of the (at most ``limit``-sample, ``seed``-drawn) subset of ``X``, cached per array.
+
+    Dataset splits are never written after loading, so the identity of ``X`` (checked
+    alive through a weak reference) and its shape pin its contents; the subset is the
+    same :func:`_subset` :func:`top_hessian_eigenvalue` draws.
+
+    Returns:
+        The largest eigenvalue of the subset's Gram matrix over its row count.
+    """
+    subset_seed = seed if len(X) > limit else None  # seed only matters when a subset is drawn
+    key = (id(X), X.shape, X.dtype.str, limit, subset_seed)
+    hit = _GRAM_TOP.get(key)
+    if hit is not None and hit[0]() is X:
+        return hit[1]
+    idx = _subset(len(X), limit, seed)
+    Xs = np.asarray(X if idx is None else X[idx], dtype=np.float64)
+    value = float(np.linalg.eigvalsh(Xs.T @ Xs / len(Xs))[-1])
+    try:
+        ref = weakref.ref(X, lambda _, key=key: _GRAM_TOP.pop(key, None))
+    except TypeError:  # a view or buffer that takes no weak reference: nothing to cache on
+        return value
+    _GRAM_TOP[key] = (ref, value)
+    return value
+
+
 def finite_difference_hvp(model: Model, X: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """H·v ≈ (∇J(θ + εv) − ∇J(θ − εv)) / 2ε on ``model`` (a float64 model, dropout off).
 
@@ -184,13 +218,14 @@ def top_hessian_eigenvalue(model: Model, config, X: np.ndarray, y: np.ndarray, s
     """
     if not all(np.all(np.isfinite(p)) for p in model.params):
         return math.nan
+    if isinstance(model, Perceptron) and not np.any(model.A):
+        # the closed form of zero_perceptron_top, with λ_max(XᵀX/n) shared by every run on X
+        return gram_top(X, limit, seed) / model.n_classes + model.l2
     idx = _subset(len(y), limit, seed)
     Xs = X if idx is None else X[idx]
     ys = y if idx is None else y[idx]
     rng = np.random.default_rng([seed, 8])
     if isinstance(model, Perceptron):
-        if not np.any(model.A):
-            return zero_perceptron_top(Xs, model.n_classes, model.l2)
         return lanczos_top(perceptron_hvp(model.A, Xs, model.l2), model.A.size, rng)
     n_features = X.shape[1] - 1
     twin = float64_copy(model, config, n_features, model.n_classes, seed)
@@ -390,6 +425,8 @@ __all__ = [
     "perceptron_hvp",
     "finite_difference_hvp",
     "top_hessian_eigenvalue",
+    "zero_perceptron_top",
+    "gram_top",
     "stability_limit",
     "step_multiplier",
     "Polish",
