@@ -501,3 +501,15 @@ def test_cli_invalid_range_exits_2_naming_the_field(workdir, args, field):
     assert result.exit_code == 2
     assert field in result.stderr
     assert result.stdout == ""
+
+
+def test_cli_bad_data_exits_2_and_writes_nothing(workdir, monkeypatch):
+    # tracking on (no --no-track): the default store must not be created for a test that cannot start
+    from click.testing import CliRunner
+
+    from bpexp.cli import cli
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(cli, ["lr-find", "--data-path", "missing.npz"])
+    assert result.exit_code == 2 and "missing.npz: no such file" in result.stderr
+    assert list(workdir.iterdir()) == []

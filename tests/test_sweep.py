@@ -119,6 +119,16 @@ def test_bad_spec_exits_2_before_anything_runs(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [path]  # no study, no tracking store
 
 
+def test_bad_data_exits_2_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**spec_dict(), "data": {"path": "missing.npz"}}))
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--json"])
+    assert result.exit_code == 2 and "missing.npz: no such file" in result.stderr
+    assert list(tmp_path.iterdir()) == [path]  # no study, no tracking store
+
+
 def test_unreachable_storage_exits_2_fast(tmp_path, monkeypatch, mlflow_sqlite_uri):
     import socket
 

@@ -79,8 +79,8 @@ def lrfind_command(
         max(iterations or 0, lr_find.FEWEST_ITERATIONS),
         mode,
     )
+    dataset = load_dataset(config.data, config.seed, dtype=config.model.dtype)  # bad data: nothing written
     tracker = tracker_from_options(tracking_uri, experiment, no_track, config)  # fails fast, before the test
-    dataset = load_dataset(config.data, config.seed, dtype=config.model.dtype)
     kwargs = {
         "start_lr": lr_find.DEFAULT_START_LR if start_lr is None else start_lr,
         "end_lr": lr_find.DEFAULT_END_LR if end_lr is None else end_lr,

@@ -51,7 +51,11 @@ def sweep_command(
     from bpexp.cli.progress import DelayedProgress
     from bpexp.sweep import load_sweep_spec, run_sweep
 
+    from bpexp.data import load_dataset
+
     sweep_spec = load_sweep_spec(spec)  # a bad spec stops here, before anything runs
+    base = sweep_spec.base
+    load_dataset(base.data, base.seed, dtype=base.model.dtype)  # so does bad data: nothing is written
     tracker = tracker_from_options(tracking_uri, experiment, no_track, sweep_spec.base)  # fails fast
     total = n_trials or sweep_spec.sweep.n_trials
     with DelayedProgress(f"sweep {study_name or sweep_spec.study_name}", total, delay=0.5) as bar:
