@@ -191,7 +191,11 @@ def _rolling_rise_start(view: RunView, width: int = 10) -> int:
     d = np.diff(view.loss)
     if len(d) < width:
         return max(1, late_start(view.n) + 1)
-    flags = np.array([np.mean(d[max(0, i - width + 1) : i + 1] > 0) >= OSC_RISE_SHARE for i in range(len(d))])
+    # rises in the window d[max(0, i − width + 1) : i + 1], by differences of a running count
+    counts = np.cumsum(np.concatenate([[0], d > 0]))
+    ends = np.arange(1, len(d) + 1)
+    starts = np.maximum(0, ends - width)
+    flags = (counts[ends] - counts[starts]) / (ends - starts) >= OSC_RISE_SHARE
     first = first_of_final_run(flags)
     return (first if first is not None else late_start(view.n)) + 2  # diff index i ends at epoch i+2
 

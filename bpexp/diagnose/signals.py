@@ -86,7 +86,10 @@ def _series(values: Any, n: int) -> np.ndarray:
     if values is None:
         return out
     items = list(values)[:n]
-    out[: len(items)] = [_num(v) for v in items]
+    try:  # the common case, a list of numbers, in one conversion; float() is the rule for both
+        out[: len(items)] = np.asarray(items, dtype=np.float64)
+    except (TypeError, ValueError):
+        out[: len(items)] = [_num(v) for v in items]
     return out
 
 
