@@ -99,20 +99,22 @@ def perceptron_hvp(A: np.ndarray, X: np.ndarray, l2: float) -> Callable[[np.ndar
         A function of a flat float64 vector (K·(D+1),) returning H·v, flat.
     """
     A = np.asarray(A, dtype=np.float64)
-    X = np.asarray(X, dtype=np.float64)
+    X = np.ascontiguousarray(X, dtype=np.float64)  # (n, D+1), rows contiguous for R·X
+    XT = np.ascontiguousarray(X.T)  # (D+1, n), rows contiguous for V·Xᵀ
     K, D1 = A.shape
-    z = X @ A.T  # (n, K)
-    z -= z.max(axis=1, keepdims=True)
+    # samples along the last axis, (K, n): both products then run over contiguous rows,
+    # about twice as fast as the (n, K) layout on these small shapes
+    z = A @ XT  # (K, n)
+    z -= z.max(axis=0, keepdims=True)
     P = np.exp(z)
-    P /= P.sum(axis=1, keepdims=True)  # (n, K)
+    P /= P.sum(axis=0, keepdims=True)  # (K, n): column i is pᵢ
     n = X.shape[0]
 
     def hvp(v: np.ndarray) -> np.ndarray:
         V = v.reshape(K, D1)
-        U = X @ V.T  # (n, K): uᵢ = V·xᵢ
-        PU = P * U
-        R = PU - P * PU.sum(axis=1, keepdims=True)  # (diag(p) − ppᵀ)·u per row
-        out = (R.T @ X) / n  # (K, D+1)
+        R = P * (V @ XT)  # (K, n): pᵢ ⊙ uᵢ, uᵢ = V·xᵢ
+        R -= P * R.sum(axis=0, keepdims=True)  # (diag(p) − ppᵀ)·u per column
+        out = (R @ X) / n  # (K, D+1)
         if l2:
             out[:, :-1] += l2 * V[:, :-1]  # the L2 term skips the bias column
         return out.reshape(-1)
