@@ -255,6 +255,18 @@ def test_top_hessian_eigenvalue_of_the_perceptron_at_zero_has_a_closed_form(digi
     assert phy.top_hessian_eigenvalue(model, config, X, digits32.train.y, seed=0) == phy.zero_perceptron_top(X, 10, 0.0)
 
 
+@pytest.mark.parametrize("l2", [0.0, 0.01])
+def test_h_init_of_a_zero_perceptron_skips_the_model_but_not_the_value(digits32, make_config, l2):
+    from types import SimpleNamespace
+
+    config = make_config(data={"name": "digits"}, model={"l2": l2})
+    run = SimpleNamespace(config=config, model=None, dataset=digits32)
+    model = phy.initial_model(config, digits32.n_features, digits32.n_classes)
+    assert not np.any(model.A)
+    expected = phy.top_hessian_eigenvalue(model, config, digits32.train.X, digits32.train.y, config.seed)
+    assert phy.RunPhysics(run, twin=False).h_init == pytest.approx(expected, rel=1e-12)
+
+
 def test_gram_top_is_the_dense_eigenvalue_of_its_own_array_and_of_no_other(digits32):
     # the cache keys on the array's identity: a hit must equal the dense eigvalsh of that
     # array, and another array (even of the same shape) gets its own eigenvalue

@@ -479,8 +479,12 @@ class RunPhysics:
     def h_init(self) -> float:
         """λ_max of the Hessian at the initial weights (rebuilt from the seeded config)."""
         train = self.dataset.train
+        cfg = self.config.model
 
         def compute() -> float:
+            if cfg.kind == "perceptron" and cfg.init == "zeros":
+                # A = 0 by construction: top_hessian_eigenvalue's closed form, without building the model
+                return gram_top(train.X, HESSIAN_SAMPLES, self.config.seed) / self.dataset.n_classes + cfg.l2
             model = initial_model(self.config, self.dataset.n_features, self.dataset.n_classes)
             return top_hessian_eigenvalue(model, self.config, train.X, train.y, self.config.seed)
 
