@@ -123,6 +123,26 @@ _ROWS = np.arange(4096)  # row numbers for batches and evaluation chunks, shared
 _ROWS.flags.writeable = False
 
 
+def _zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A read-only zero array of ``shape``, shared per (shape, dtype).
+
+    ``np.maximum(a, zeros, out=a)`` takes numpy's vectorised array-array loop; against
+    the scalar 0 it takes a slower one, 52 µs instead of 14 µs on a (1079, 128) float32
+    array here. Same result element for element, NaN included.
+    """
+    key = (shape, dtype)
+    z = _ZEROS.get(key)
+    if z is None:
+        if len(_ZEROS) > 64:  # many evaluation lengths: start afresh
+            _ZEROS.clear()
+        z = _ZEROS[key] = np.zeros(shape, dtype)
+        z.flags.writeable = False
+    return z
+
+
+_ZEROS: dict[tuple, np.ndarray] = {}
+
+
 class Model(ABC):
     """A differentiable classifier whose parameters an optimiser updates in place.
 
@@ -413,7 +433,7 @@ class MLP(Model):
         a = X
         for i in range(len(self.W) - 1):
             a = self._dense(a, i, f"eval_a{i}")
-            np.maximum(a, 0, out=a)  # ReLU
+            np.maximum(a, _zeros(a.shape, self.dtype), out=a)  # ReLU (see _zeros)
         return self._dense(a, len(self.W) - 1, "eval_z")
 
     def _make_workspace(self, rows: int) -> tuple:
@@ -426,11 +446,12 @@ class MLP(Model):
         relu = [np.empty(a.shape, dtype=bool) for a in hidden]
         deltas = [np.empty_like(a) for a in hidden]
         pt = np.empty((self.n_classes, rows), self.dtype)
-        return hidden, masks, relu, deltas, self.b[-1][:, None], pt, pt.reshape(-1)
+        zero = [_zeros(a.shape, self.dtype) for a in hidden]
+        return hidden, zero, masks, relu, deltas, self.b[-1][:, None], pt, pt.reshape(-1)
 
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
         last = len(self.W) - 1
-        hidden, masks, relu, deltas, b_last, pt, flat = self._workspace(X.shape[0])
+        hidden, zero, masks, relu, deltas, b_last, pt, flat = self._workspace(X.shape[0])
         if X.dtype is not self.dtype:  # np.dot below takes out= of the exact result dtype only
             X = X.astype(self.dtype)
         dropout = self.dropout > 0.0 and rng is not None
@@ -444,7 +465,7 @@ class MLP(Model):
             np.dot(acts[i], self.W[i], out=a)  # (B, in) @ (in, out) -> (B, H_i)
             if self.b[i] is not None:
                 a += self.b[i]
-            np.maximum(a, 0, out=a)  # ReLU: a = max(z, 0)
+            np.maximum(a, zero[i], out=a)  # ReLU: a = max(z, 0), against a zero array (see _zeros)
             if dropout:
                 # inverted dropout: zero a unit with probability p, scale the rest by 1/(1−p)
                 u = masks[i]
