@@ -494,7 +494,7 @@ class MLP(Model):
             np.dot(d, self.W[i].T, out=d_in)  # (B, out) @ (out, in) -> (B, in)
             # through ReLU and dropout: a = relu(z)·m/(1−p), so da/dz = [a > 0]/(1−p)
             mask = relu[i - 1]
-            np.greater(a_in, 0, out=mask)
+            np.greater(a_in, zero[i - 1], out=mask)
             np.multiply(d_in, mask, out=d_in)
             if dropout:
                 d_in *= scale

@@ -16,7 +16,7 @@ import numpy as np
 
 
 def _sq(a: np.ndarray) -> float:
-    flat = a.reshape(-1)
+    flat = a if a.ndim == 1 else a.reshape(-1)  # the block path's arrays are 1-D already
     return float(np.dot(flat, flat))
 
 
