@@ -267,6 +267,20 @@ def test_h_init_of_a_zero_perceptron_skips_the_model_but_not_the_value(digits32,
     assert phy.RunPhysics(run, twin=False).h_init == pytest.approx(expected, rel=1e-12)
 
 
+def test_hessian_rows_are_the_float64_subset_and_its_transpose(digits32, rng):
+    X = digits32.train.X
+    Xs, XsT = phy.hessian_rows(X, limit=200, seed=5)
+    expected = X[phy._subset(len(X), 200, 5)].astype(np.float64)
+    assert np.array_equal(Xs, expected) and np.array_equal(XsT, expected.T)
+    assert Xs.flags.c_contiguous and XsT.flags.c_contiguous
+    assert phy.hessian_rows(X, limit=200, seed=5)[0] is Xs  # cached for the same array
+    # the product with the cached transpose is the product without it
+    A = rng.standard_normal((10, X.shape[1]))
+    v = rng.standard_normal(A.size)
+    cached = phy.perceptron_hvp(A, Xs, 0.01, XT=XsT)(v)
+    assert np.allclose(cached, phy.perceptron_hvp(A, expected, 0.01)(v), rtol=1e-12, atol=1e-14)
+
+
 def test_gram_top_is_the_dense_eigenvalue_of_its_own_array_and_of_no_other(digits32):
     # the cache keys on the array's identity: a hit must equal the dense eigvalsh of that
     # array, and another array (even of the same shape) gets its own eigenvalue

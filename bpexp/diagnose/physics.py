@@ -56,8 +56,8 @@ def lanczos_top(hvp: Callable[[np.ndarray], np.ndarray], dim: int, rng: np.rando
     """
     steps = max(1, min(steps, dim))
     Q = np.zeros((steps, dim))
-    alphas: list[float] = []
-    betas: list[float] = []
+    T = np.zeros((steps, steps))  # the tridiagonal Lanczos matrix, filled as the steps go
+    a_max = b_max = 0.0  # Gershgorin: every Ritz value is at most max|αᵢ| + 2·max βᵢ in size
     q = rng.standard_normal(dim)
     q /= np.linalg.norm(q)
     previous = math.nan
@@ -68,16 +68,22 @@ def lanczos_top(hvp: Callable[[np.ndarray], np.ndarray], dim: int, rng: np.rando
         if not np.all(np.isfinite(w)):
             return math.nan
         alpha = float(q @ w)
-        alphas.append(alpha)
+        T[j, j] = alpha
         w -= Q[: j + 1].T @ (Q[: j + 1] @ w)  # full re-orthogonalisation against q_0..q_j
         w -= Q[: j + 1].T @ (Q[: j + 1] @ w)  # twice is enough (Kahan–Parlett)
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        top = float(np.linalg.eigvalsh(T)[-1])
         beta = float(np.linalg.norm(w))
-        if beta < 1e-12 * max(1.0, abs(top)) or (j >= 3 and abs(top - previous) <= tol * abs(top)):
-            break
-        previous = top
-        betas.append(beta)
+        a_max = max(a_max, abs(alpha))
+        b_max = max(b_max, T[j, j - 1] if j else 0.0)
+        bound = a_max + 2.0 * b_max
+        # the Ritz value is needed from step 2 on (step 3 compares it with step 2's), at the
+        # last step, and when β may be negligible beside it; elsewhere it would go unused
+        if j >= 2 or j == steps - 1 or beta < 1e-12 * max(1.0, bound):
+            top = float(np.linalg.eigvalsh(T[: j + 1, : j + 1])[-1])
+            if beta < 1e-12 * max(1.0, abs(top)) or (j >= 3 and abs(top - previous) <= tol * abs(top)):
+                break
+            previous = top
+        if j + 1 < steps:
+            T[j, j + 1] = T[j + 1, j] = beta
         q = w / beta
     return top
 
@@ -88,19 +94,22 @@ def _subset(n: int, limit: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng([seed, 7]).choice(n, size=limit, replace=False))
 
 
-def perceptron_hvp(A: np.ndarray, X: np.ndarray, l2: float) -> Callable[[np.ndarray], np.ndarray]:
+def perceptron_hvp(A: np.ndarray, X: np.ndarray, l2: float,
+                   XT: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The analytic Hessian-vector product of the softmax perceptron's objective at ``A``.
 
     For J = (1/n)·Σᵢ CE(softmax(A·xᵢ), yᵢ) + (λ₂/2)·‖A without its bias column‖², the Hessian
     is (1/n)·Σᵢ (diag(pᵢ) − pᵢpᵢᵀ) ⊗ xᵢxᵢᵀ + λ₂·I on the weights, so for a direction V (K, D+1):
         H·V = (1/n)·Σᵢ [pᵢ ⊙ uᵢ − pᵢ·(pᵢᵀuᵢ)]·xᵢᵀ + λ₂·V,   uᵢ = V·xᵢ.
 
+    ``XT``, when given, must be ``X``'s float64 transpose (see :func:`hessian_rows`).
+
     Returns:
         A function of a flat float64 vector (K·(D+1),) returning H·v, flat.
     """
     A = np.asarray(A, dtype=np.float64)
     X = np.ascontiguousarray(X, dtype=np.float64)  # (n, D+1), rows contiguous for R·X
-    XT = np.ascontiguousarray(X.T)  # (D+1, n), rows contiguous for V·Xᵀ
+    XT = np.ascontiguousarray(X.T) if XT is None else XT  # (D+1, n), rows contiguous for V·Xᵀ
     K, D1 = A.shape
     # samples along the last axis, (K, n): both products then run over contiguous rows,
     # about twice as fast as the (n, K) layout on these small shapes
@@ -135,37 +144,55 @@ def zero_perceptron_top(X: np.ndarray, n_classes: int, l2: float) -> float:
     return float(np.linalg.eigvalsh(gram)[-1] / n_classes + l2)
 
 
-_GRAM_TOP: dict[tuple, tuple[weakref.ref, float]] = {}
-"""λ_max(XᵀX/n) per training array: every run of a sweep trains on the same (immutable)
-split, and at A = 0 the Hessian depends on nothing else, so one eigenvalue problem serves
-them all. Keyed by the array's identity (held weakly, so a freed array's entry is dropped)
-and the subset drawn from it."""
+_ROWS: dict[tuple, tuple[weakref.ref, tuple[np.ndarray, np.ndarray], dict]] = {}
+"""Per training array: its float64 Hessian sample, that sample transposed, and values derived
+from them. Every run of a sweep trains on the same (immutable) split, so the copies and
+λ_max(XᵀX/n) are made once. Keyed by the array's identity (held weakly, so a freed array's
+entry is dropped) and the subset drawn from it."""
+
+
+def hessian_rows(X: np.ndarray, limit: int = HESSIAN_SAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The Hessian sample of ``X`` (at most ``limit`` rows, drawn by ``seed``) as float64, and its transpose.
+
+    Both are C-contiguous and cached per array: dataset splits are never written after
+    loading, so the identity of ``X`` (checked alive through a weak reference) and its
+    shape pin its contents. The subset is the one :func:`top_hessian_eigenvalue` draws.
+    Treat the returned arrays as read-only.
+
+    Returns:
+        ``(Xs (m, D+1), Xsᵀ (D+1, m))`` with m = min(len(X), limit).
+    """
+    return _rows_entry(X, limit, seed)[0]
+
+
+def _rows_entry(X: np.ndarray, limit: int, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
+    subset_seed = seed if len(X) > limit else None  # seed only matters when a subset is drawn
+    key = (id(X), X.shape, X.dtype.str, limit, subset_seed)
+    hit = _ROWS.get(key)
+    if hit is not None and hit[0]() is X:
+        return hit[1], hit[2]
+    idx = _subset(len(X), limit, seed)
+    Xs = np.ascontiguousarray(X if idx is None else X[idx], dtype=np.float64)
+    rows = (Xs, np.ascontiguousarray(Xs.T))
+    derived: dict = {}
+    try:
+        ref = weakref.ref(X, lambda _, key=key, cache=_ROWS: cache.pop(key, None))  # bound now: safe at exit
+    except TypeError:  # a view or buffer that takes no weak reference: nothing to cache on
+        return rows, derived
+    _ROWS[key] = (ref, rows, derived)
+    return rows, derived
 
 
 def gram_top(X: np.ndarray, limit: int = HESSIAN_SAMPLES, seed: int = 0) -> float:
-    """λ_max(XᵀX/n) of the (at most ``limit``-sample, ``seed``-drawn) subset of ``X``, cached per array.
-
-    Dataset splits are never written after loading, so the identity of ``X`` (checked
-    alive through a weak reference) and its shape pin its contents; the subset is the
-    same :func:`_subset` :func:`top_hessian_eigenvalue` draws.
+    """λ_max(XᵀX/n) of the Hessian sample of ``X`` (see :func:`hessian_rows`), cached per array.
 
     Returns:
-        The largest eigenvalue of the subset's Gram matrix over its row count.
+        The largest eigenvalue of the sample's Gram matrix over its row count (a dense eigvalsh).
     """
-    subset_seed = seed if len(X) > limit else None  # seed only matters when a subset is drawn
-    key = (id(X), X.shape, X.dtype.str, limit, subset_seed)
-    hit = _GRAM_TOP.get(key)
-    if hit is not None and hit[0]() is X:
-        return hit[1]
-    idx = _subset(len(X), limit, seed)
-    Xs = np.asarray(X if idx is None else X[idx], dtype=np.float64)
-    value = float(np.linalg.eigvalsh(Xs.T @ Xs / len(Xs))[-1])
-    try:
-        ref = weakref.ref(X, lambda _, key=key: _GRAM_TOP.pop(key, None))
-    except TypeError:  # a view or buffer that takes no weak reference: nothing to cache on
-        return value
-    _GRAM_TOP[key] = (ref, value)
-    return value
+    (Xs, _), derived = _rows_entry(X, limit, seed)
+    if "gram_top" not in derived:
+        derived["gram_top"] = float(np.linalg.eigvalsh(Xs.T @ Xs / len(Xs))[-1])
+    return derived["gram_top"]
 
 
 def finite_difference_hvp(model: Model, X: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -223,12 +250,13 @@ def top_hessian_eigenvalue(model: Model, config, X: np.ndarray, y: np.ndarray, s
     if isinstance(model, Perceptron) and not np.any(model.A):
         # the closed form of zero_perceptron_top, with λ_max(XᵀX/n) shared by every run on X
         return gram_top(X, limit, seed) / model.n_classes + model.l2
+    rng = np.random.default_rng([seed, 8])
+    if isinstance(model, Perceptron):
+        X64, XT64 = hessian_rows(X, limit, seed)  # the same subset, float64 copies shared by every run on X
+        return lanczos_top(perceptron_hvp(model.A, X64, model.l2, XT=XT64), model.A.size, rng)
     idx = _subset(len(y), limit, seed)
     Xs = X if idx is None else X[idx]
     ys = y if idx is None else y[idx]
-    rng = np.random.default_rng([seed, 8])
-    if isinstance(model, Perceptron):
-        return lanczos_top(perceptron_hvp(model.A, Xs, model.l2), model.A.size, rng)
     n_features = X.shape[1] - 1
     twin = float64_copy(model, config, n_features, model.n_classes, seed)
     dim = sum(p.size for p in twin.params)
@@ -429,6 +457,7 @@ __all__ = [
     "top_hessian_eigenvalue",
     "zero_perceptron_top",
     "gram_top",
+    "hessian_rows",
     "stability_limit",
     "step_multiplier",
     "Polish",
