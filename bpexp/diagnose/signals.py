@@ -82,11 +82,18 @@ def _num(value: Any) -> float:
 
 def _series(values: Any, n: int) -> np.ndarray:
     """A float64 array of length n: non-numbers become NaN, a short list is NaN-padded."""
-    out = np.full(n, np.nan)
     if values is None:
-        return out
+        return np.full(n, np.nan)
     items = list(values)[:n]
-    try:  # the common case, a list of numbers, in one conversion; float() is the rule for both
+    if len(items) == n:
+        try:  # the common case, n numbers, in one conversion (float() is the rule either way)
+            full = np.array(items, dtype=np.float64)
+        except (TypeError, ValueError):
+            full = None
+        if full is not None and full.shape == (n,):
+            return full
+    out = np.full(n, np.nan)
+    try:  # a short list of numbers, NaN-padded; float() is the rule for both
         out[: len(items)] = np.asarray(items, dtype=np.float64)
     except (TypeError, ValueError):
         out[: len(items)] = [_num(v) for v in items]
