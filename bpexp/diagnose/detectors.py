@@ -210,9 +210,9 @@ def _late_lr(view: RunView) -> float:
 def _diverged_at(view: RunView) -> int | None:
     init = view.loss_init
     above = view.config.train.diverge_factor * init if math.isfinite(init) else math.inf
-    for t, value in enumerate(view.loss):
-        if not math.isfinite(value) or value > above:
-            return t + 1
+    bad = np.flatnonzero(~np.isfinite(view.loss) | (view.loss > above))  # NaN > x is False, caught by isfinite
+    if len(bad):
+        return int(bad[0]) + 1
     if view.stop_reason == "diverged":
         return max(view.n, 1)
     return None
