@@ -123,15 +123,6 @@ _ROWS = np.arange(4096)  # row numbers for batches and evaluation chunks, shared
 _ROWS.flags.writeable = False
 
 
-def _joined(W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The (in+1, out) view [W; b] of W (in, out) and b (out,) that lie end to end in one block."""
-    owner = W.base
-    start = (W.__array_interface__["data"][0] - owner.__array_interface__["data"][0]) // W.itemsize
-    if b.base is not owner or b.__array_interface__["data"][0] != W.__array_interface__["data"][0] + W.nbytes:
-        raise ValueError("W and b must lie end to end in one block")
-    return owner[start : start + W.size + b.size].reshape(W.shape[0] + 1, W.shape[1])
-
-
 def _zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A read-only zero array of ``shape``, shared per (shape, dtype).
 
@@ -421,11 +412,6 @@ class MLP(Model):
             self.dW.append(next(gs))
             self.b.append(None if i == 0 else next(ps))
             self.db.append(None if i == 0 else next(gs))
-        # every later layer's W (in, out) is followed in its block by b (out,): together they are
-        # one (in+1, out) matrix [W; b], so that with a constant-1 row under the activations one
-        # product does the bias (forward) and dJ/db (backward), as x's constant 1 does for layer 0
-        self._Wb = [None] + [_joined(self.W[i], self.b[i]) for i in layers[1:]]
-        self._dWb = [None] + [_joined(self.dW[i], self.db[i]) for i in layers[1:]]
 
     @property
     def param_names(self) -> list[str]:
@@ -451,66 +437,68 @@ class MLP(Model):
         return self._dense(a, len(self.W) - 1, "eval_z")
 
     def _make_workspace(self, rows: int) -> tuple:
-        # The step runs unit-major: each hidden layer's output is (H, B), its rows contiguous, with a
-        # constant-1 row below it (for [W; b]); the logits come out class-major (K, B), the layout
-        # the softmax wants (see log_softmax_loss). Per hidden layer: the (H+1, B) buffer and its
-        # (H, B) top, a zero array for ReLU (see _zeros), the dropout mask, the boolean ReLU mask
-        # for the backward pass and the delta; then the logits and their flat view.
-        augmented = [np.ones((W.shape[1] + 1, rows), self.dtype) for W in self.W[:-1]]
-        hidden = [a[:-1] for a in augmented]
-        zero = [_zeros(h.shape, self.dtype) for h in hidden]
-        masks = [np.empty_like(h) for h in hidden]
-        relu = [np.empty(h.shape, dtype=bool) for h in hidden]
-        deltas = [np.empty_like(h) for h in hidden]
+        # per hidden layer: its output, its dropout mask and its delta; then the logits and
+        # the softmax class-major (K, B): see log_softmax_loss
+        # (the ReLU masks are booleans for the backward pass), then the bias of the last layer
+        # as a (K, 1) column and the logits/softmax buffer class-major (K, B) with its flat view
+        hidden = [np.empty((rows, W.shape[1]), self.dtype) for W in self.W[:-1]]
+        masks = [np.empty_like(a) for a in hidden]
+        relu = [np.empty(a.shape, dtype=bool) for a in hidden]
+        deltas = [np.empty_like(a) for a in hidden]
         pt = np.empty((self.n_classes, rows), self.dtype)
-        return augmented, hidden, zero, masks, relu, deltas, pt, pt.reshape(-1)
+        zero = [_zeros(a.shape, self.dtype) for a in hidden]
+        return hidden, zero, masks, relu, deltas, self.b[-1][:, None], pt, pt.reshape(-1)
 
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
         last = len(self.W) - 1
-        augmented, hidden, zero, masks, relu, deltas, pt, flat = self._workspace(X.shape[0])
+        hidden, zero, masks, relu, deltas, b_last, pt, flat = self._workspace(X.shape[0])
         if X.dtype is not self.dtype:  # np.dot below takes out= of the exact result dtype only
             X = X.astype(self.dtype)
         dropout = self.dropout > 0.0 and rng is not None
         scale = self.dtype.type(1.0 / (1.0 - self.dropout)) if dropout else None
-        Wb, dWb = self._Wb, self._dWb
-        # ---- forward, unit-major: hᵢ = relu(Wᵢᵀ·aᵢ₋₁) with aᵢ₋₁ = [hᵢ₋₁; 1] (X's own 1 for layer 0).
-        # np.dot, not np.matmul, for the products of a step: the same BLAS call with 0.4 µs less
-        # dispatch each, which counts on small batches; BLAS reads the transposed views in place.
+        # ---- forward, keeping each layer's output for backward
+        acts = [X, *hidden]  # acts[i] is the input of layer i
         for i in range(last):
-            h = hidden[i]
-            if i == 0:
-                np.dot(self.W[0].T, X.T, out=h)  # (H₀, D+1) @ (D+1, B) -> (H₀, B)
-            else:
-                np.dot(Wb[i].T, augmented[i - 1], out=h)  # (Hᵢ, Hᵢ₋₁+1) @ (Hᵢ₋₁+1, B) -> (Hᵢ, B)
-            np.maximum(h, zero[i], out=h)  # ReLU: h = max(z, 0)
+            a = acts[i + 1]
+            # np.dot, not np.matmul, for the products of a step: the same BLAS call with 0.4 µs less
+            # dispatch each, which counts on small batches
+            np.dot(acts[i], self.W[i], out=a)  # (B, in) @ (in, out) -> (B, H_i)
+            if self.b[i] is not None:
+                a += self.b[i]
+            np.maximum(a, zero[i], out=a)  # ReLU: a = max(z, 0), against a zero array (see _zeros)
             if dropout:
                 # inverted dropout: zero a unit with probability p, scale the rest by 1/(1−p)
                 u = masks[i]
                 rng.random(out=u, dtype=u.dtype)  # float32 models draw float32 uniforms
                 np.greater_equal(u, self.dtype.type(self.dropout), out=u)  # the keep mask, as 0/1
-                h *= u
-                h *= scale
-        # the logits straight into the class-major softmax buffer, bias included: (K, H+1) @ (H+1, B)
-        np.dot(Wb[last].T, augmented[last - 1], out=pt)
+                a *= u
+                a *= scale
+        # the logits straight into the class-major softmax buffer: zᵀ = Wᵀ·aᵀ, (K, H) @ (H, B) -> (K, B)
+        # (BLAS reads both transposes in place; this saves the (B, K) -> (K, B) copy)
+        np.dot(self.W[last].T, acts[last].T, out=pt)
+        pt += b_last
         # the label entries (i, y_i) of pt, at y_i·B + i (intp: a small label dtype would overflow)
         at = (y if y.dtype is _INTP else y.astype(np.intp)) * pt.shape[1]
         at += _ROWS[: pt.shape[1]] if pt.shape[1] <= len(_ROWS) else np.arange(pt.shape[1])
         loss = _softmax_loss(pt, pt, flat, at)  # log_softmax_loss(z, y, pt.T)
-        # ---- backward, layer by layer in reverse, deltas unit-major (out, B)
-        dt = _softmax_grad_(pt.T, flat, at).T  # softmax_grad_(pt.T, y)ᵀ: dJ/dzᵀ (K, B)
-        for i in range(last, 0, -1):
-            # [dW; db] = [aᵢ₋₁; 1]·δᵀ: (Hᵢ₋₁+1, B) @ (B, out); the ones row sums δ over the batch
-            np.dot(augmented[i - 1], dt.T, out=dWb[i])
+        # ---- backward, layer by layer in reverse
+        d = _softmax_grad_(pt.T, flat, at)  # softmax_grad_(pt.T, y): dJ/dz (B, K)
+        for i in range(last, -1, -1):
+            a_in = acts[i]
+            np.dot(a_in.T, d, out=self.dW[i])  # (in, B) @ (B, out) -> (in, out)
+            if self.db[i] is not None:
+                np.add.reduce(d, axis=0, out=self.db[i])  # Σ over the batch, (out,)
+            if i == 0:
+                break
             d_in = deltas[i - 1]
-            np.dot(self.W[i], dt, out=d_in)  # (Hᵢ₋₁, out) @ (out, B) -> (Hᵢ₋₁, B)
+            np.dot(d, self.W[i].T, out=d_in)  # (B, out) @ (out, in) -> (B, in)
             # through ReLU and dropout: a = relu(z)·m/(1−p), so da/dz = [a > 0]/(1−p)
             mask = relu[i - 1]
-            np.greater(hidden[i - 1], zero[i - 1], out=mask)
+            np.greater(a_in, zero[i - 1], out=mask)
             np.multiply(d_in, mask, out=d_in)
             if dropout:
                 d_in *= scale
-            dt = d_in
-        np.dot(X.T, dt.T, out=self.dW[0])  # (D+1, B) @ (B, H₀) -> (D+1, H₀)
+            d = d_in
         self._add_l2_grad()
         return loss
 
