@@ -274,6 +274,11 @@ def test_hessian_rows_are_the_float64_subset_and_its_transpose(digits32, rng):
     assert np.array_equal(Xs, expected) and np.array_equal(XsT, expected.T)
     assert Xs.flags.c_contiguous and XsT.flags.c_contiguous
     assert phy.hessian_rows(X, limit=200, seed=5)[0] is Xs  # cached for the same array
+    for seed in range(phy.ROWS_CACHED + 2):  # other subsets push it out: the cache stays bounded
+        phy.hessian_rows(X, limit=200, seed=100 + seed)
+    assert len(phy._ROWS) <= phy.ROWS_CACHED
+    assert phy.hessian_rows(X, limit=200, seed=5)[0] is not Xs
+    assert np.array_equal(phy.hessian_rows(X, limit=200, seed=5)[0], Xs)
     # the product with the cached transpose is the product without it
     A = rng.standard_normal((10, X.shape[1]))
     v = rng.standard_normal(A.size)

@@ -148,7 +148,10 @@ _ROWS: dict[tuple, tuple[weakref.ref, tuple[np.ndarray, np.ndarray], dict]] = {}
 """Per training array: its float64 Hessian sample, that sample transposed, and values derived
 from them. Every run of a sweep trains on the same (immutable) split, so the copies and
 λ_max(XᵀX/n) are made once. Keyed by the array's identity (held weakly, so a freed array's
-entry is dropped) and the subset drawn from it."""
+entry is dropped) and the subset drawn from it; only the most recent :data:`ROWS_CACHED`
+entries are kept, since an MNIST sample is 2048 × 785 × 8 B × 2 ≈ 26 MB and every seed draws
+its own subset."""
+ROWS_CACHED = 4
 
 
 def hessian_rows(X: np.ndarray, limit: int = HESSIAN_SAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +171,9 @@ def hessian_rows(X: np.ndarray, limit: int = HESSIAN_SAMPLES, seed: int = 0) -> 
 def _rows_entry(X: np.ndarray, limit: int, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
     subset_seed = seed if len(X) > limit else None  # seed only matters when a subset is drawn
     key = (id(X), X.shape, X.dtype.str, limit, subset_seed)
-    hit = _ROWS.get(key)
+    hit = _ROWS.pop(key, None)
     if hit is not None and hit[0]() is X:
+        _ROWS[key] = hit  # most recently used goes last
         return hit[1], hit[2]
     idx = _subset(len(X), limit, seed)
     Xs = np.ascontiguousarray(X if idx is None else X[idx], dtype=np.float64)
@@ -180,6 +184,8 @@ def _rows_entry(X: np.ndarray, limit: int, seed: int) -> tuple[tuple[np.ndarray,
     except TypeError:  # a view or buffer that takes no weak reference: nothing to cache on
         return rows, derived
     _ROWS[key] = (ref, rows, derived)
+    while len(_ROWS) > ROWS_CACHED:
+        _ROWS.pop(next(iter(_ROWS)), None)  # the least recently used
     return rows, derived
 
 
