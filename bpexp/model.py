@@ -122,6 +122,7 @@ def _class_major_entries(pt: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
     return pt.reshape(-1), y.astype(np.intp, copy=False) * n + rows  # intp: a small label dtype would overflow
 
 
+_NARROW_ROWS = 384  # rows per block of a narrow evaluation product (see MLP._dense)
 _INTP = np.dtype(np.intp)
 _ROWS = np.arange(4096)  # row numbers for batches and evaluation chunks, shared read-only
 _ROWS.flags.writeable = False
@@ -427,8 +428,16 @@ class MLP(Model):
         return names
 
     def _dense(self, a: np.ndarray, i: int, name: str) -> np.ndarray:
-        out = self._buffer(name, (a.shape[0], self.W[i].shape[1]))
-        np.matmul(a, self.W[i], out=out)  # (B, in) @ (in, out) -> (B, out)
+        W = self.W[i]
+        out = self._buffer(name, (a.shape[0], W.shape[1]))
+        rows = a.shape[0]
+        if W.shape[1] < 32 and rows > 2 * _NARROW_ROWS:
+            # a narrow layer (the logits): OpenBLAS runs it faster in blocks of rows that stay in
+            # cache, 45 µs instead of 57 µs for (1079, 128) @ (128, 10) float32 on one thread here
+            for start in range(0, rows, _NARROW_ROWS):
+                np.matmul(a[start : start + _NARROW_ROWS], W, out=out[start : start + _NARROW_ROWS])
+        else:
+            np.matmul(a, W, out=out)  # (B, in) @ (in, out) -> (B, out)
         if self.b[i] is not None:
             out += self.b[i]
         return out
