@@ -460,11 +460,12 @@ class MLP(Model):
         deltas = [np.empty_like(a) for a in hidden]
         pt = np.empty((self.n_classes, rows), self.dtype)
         zero = [_zeros(a.shape, self.dtype) for a in hidden]
-        return hidden, zero, masks, relu, deltas, self.b[-1][:, None], pt, pt.reshape(-1)
+        row_numbers = _ROWS[:rows] if rows <= len(_ROWS) else np.arange(rows)
+        return hidden, zero, masks, relu, deltas, self.b[-1][:, None], pt, pt.reshape(-1), row_numbers
 
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None) -> float:
         last = len(self.W) - 1
-        hidden, zero, masks, relu, deltas, b_last, pt, flat = self._workspace(X.shape[0])
+        hidden, zero, masks, relu, deltas, b_last, pt, flat, row_numbers = self._workspace(X.shape[0])
         if X.dtype is not self.dtype:  # np.dot below takes out= of the exact result dtype only
             X = X.astype(self.dtype)
         dropout = self.dropout > 0.0 and rng is not None
@@ -492,7 +493,7 @@ class MLP(Model):
         pt += b_last
         # the label entries (i, y_i) of pt, at y_i·B + i (intp: a small label dtype would overflow)
         at = (y if y.dtype is _INTP else y.astype(np.intp)) * pt.shape[1]
-        at += _ROWS[: pt.shape[1]] if pt.shape[1] <= len(_ROWS) else np.arange(pt.shape[1])
+        at += row_numbers
         loss = _softmax_loss(pt, pt, flat, at)  # log_softmax_loss(z, y, pt.T)
         # ---- backward, layer by layer in reverse
         d = _softmax_grad_(pt.T, flat, at)  # softmax_grad_(pt.T, y): dJ/dz (B, K)
