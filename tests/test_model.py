@@ -315,3 +315,33 @@ def test_evaluate_in_chunks_equals_one_pass(kind, rng):
         np.testing.assert_array_equal(model.predict(X), logits.argmax(axis=1))
     assert acc == np.mean(model.predict(X) == y)
     assert model.objective(X, y) == pytest.approx(loss + model.l2_penalty(), rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=seeds,
+    n=st.integers(1, 40),
+    k=classes,
+    values=st.sampled_from(["continuous", "ties", "non_finite"]),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_evaluate_accuracy_is_argmax_accuracy_even_with_ties_and_non_finite_logits(seed, n, k, values, dtype):
+    # evaluate counts a row right when z_y is its max and no other entry is; ties, NaN and
+    # infinities must give exactly what argmax (first maximum) gives
+    rng = np.random.default_rng(seed)
+    model = Perceptron(k, k, dtype=dtype)  # A = [I | 0], so the logits are the inputs themselves
+    model.A[:, :k] = np.eye(k)
+    if values == "ties":
+        z = rng.integers(-1, 2, size=(n, k)).astype(dtype)
+    else:
+        z = rng.standard_normal((n, k)).astype(dtype)
+    if values == "non_finite":
+        z.flat[rng.integers(0, z.size, size=max(1, z.size // 4))] = rng.choice([np.nan, np.inf, -np.inf], size=max(1, z.size // 4))
+    X = np.hstack([z, np.ones((n, 1), dtype=dtype)])
+    y = rng.integers(0, k, size=n)
+    with np.errstate(invalid="ignore", over="ignore"):
+        loss, acc = model.evaluate(X, y)
+        logits = model.logits(X).copy()
+    assert acc == np.count_nonzero(logits.argmax(axis=1) == y) / n
+    if values != "non_finite":
+        assert np.isfinite(loss)
