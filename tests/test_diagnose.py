@@ -286,6 +286,15 @@ def test_hessian_rows_are_the_float64_subset_and_its_transpose(digits32, rng):
     assert np.allclose(cached, phy.perceptron_hvp(A, expected, 0.01)(v), rtol=1e-12, atol=1e-14)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 10_000), min_size=2, max_size=30))
+def test_class_imbalance_shortcut_skips_only_counts_whose_perplexity_cannot_flag(counts):
+    # class_imbalance skips label_perplexity while K·max p ≤ 1/IMBALANCE_PERPLEXITY (min-entropy bound)
+    total = sum(counts)
+    if total > 0 and max(counts) * len(counts) <= total / det.IMBALANCE_PERPLEXITY * (1.0 - 1e-9):
+        assert sig.label_perplexity(counts) >= det.IMBALANCE_PERPLEXITY
+
+
 def test_gram_top_is_the_dense_eigenvalue_of_its_own_array_and_of_no_other(digits32):
     # the cache keys on the array's identity: a hit must equal the dense eigvalsh of that
     # array, and another array (even of the same shape) gets its own eigenvalue

@@ -479,7 +479,12 @@ def class_imbalance(view: RunView, phys: RunPhysics | None, found: dict) -> Find
     majority class's validation recall must also stand ≥ 0.10 above the others' mean.
     """
     counts = np.asarray(view.summary.get("train_class_counts") or [], dtype=np.float64)
-    if len(counts) < 2 or counts.sum() <= 0:
+    total = float(counts.sum())
+    if len(counts) < 2 or total <= 0:
+        return None
+    # entropy ≥ min-entropy −log(max p), so perplexity exp(H)/K ≥ 1/(K·max p): while
+    # K·max p ≤ 1/0.5 it cannot fall below the threshold (the 1e-9 margin keeps rounding out)
+    if float(counts.max()) * len(counts) <= total / IMBALANCE_PERPLEXITY * (1.0 - 1e-9):
         return None
     ppl = label_perplexity(counts)
     if not (math.isfinite(ppl) and ppl < IMBALANCE_PERPLEXITY):
