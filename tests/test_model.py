@@ -345,3 +345,17 @@ def test_evaluate_accuracy_is_argmax_accuracy_even_with_ties_and_non_finite_logi
     assert acc == np.count_nonzero(logits.argmax(axis=1) == y) / n
     if values != "non_finite":
         assert np.isfinite(loss)
+
+
+def test_mlp_evaluate_with_tied_logits_counts_the_first_class(rng):
+    # a zero output layer ties every logit: argmax picks class 0, the loss is log K
+    model = MLP(4, [5], 3, dtype="float64", rng=rng)
+    model.W[1][...] = 0.0
+    model.b[1][...] = 0.0
+    X, y = make_batch(rng, 30, 4, 3)
+    loss, acc = model.evaluate(X, y)
+    assert acc == np.mean(y == 0)
+    assert loss == pytest.approx(np.log(3), rel=1e-12)
+    model.b[1][...] = [0.0, 2.0, 2.0]  # the bias alone breaks the tie towards class 1
+    _, acc = model.evaluate(X, y)
+    assert acc == np.mean(y == 1)
