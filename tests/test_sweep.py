@@ -488,7 +488,10 @@ def test_a_killed_sweep_resumes(tmp_path, _mlflow_template_db):
             except KeyError:
                 continue
             states = [t.state.name for t in trials]
-            if states.count("COMPLETE") >= 1 and states[-1] == "RUNNING" and "bpexp.run_id" in trials[-1].user_attrs:
+            # mid-trial: its run is open and its params are drawn (a kill between the two
+            # would leave no params to run again)
+            if (states.count("COMPLETE") >= 1 and states[-1] == "RUNNING"
+                    and "bpexp.run_id" in trials[-1].user_attrs and trials[-1].params):
                 proc.send_signal(signal.SIGKILL)
                 killed_at = trials[-1].number
                 break
