@@ -471,6 +471,15 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN or inf: map them to None."""
-    return value if value is not None and math.isfinite(value) else None
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or inf float, at any depth of dicts, lists and tuples, as None.
+
+    JSON has neither; tuples become lists. Other values pass unchanged.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from bpexp.config import ExperimentConfig
+from bpexp.config import STOP_REASONS, ExperimentConfig, json_safe
 from bpexp.data import Dataset, batches, epoch_order, load_dataset
 from bpexp.model import Model, build_model
 from bpexp.optim import Optimizer, build_optimizer
@@ -77,9 +77,9 @@ class History:
         out = {}
         for key, value in asdict(self).items():
             if isinstance(value, list):
-                out[key] = [_json_number(v) for v in value]
+                out[key] = [json_safe(v) for v in value]
             elif isinstance(value, dict):
-                out[key] = {k: _json_number(v) for k, v in value.items()}
+                out[key] = {k: json_safe(v) for k, v in value.items()}
         return out
 
     @classmethod
@@ -101,12 +101,6 @@ class History:
         return {name: np.asarray(getattr(self, name), dtype=np.float64) for name in self.PER_EPOCH}
 
 
-def _json_number(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 @dataclass
 class TrainResult:
     """What a finished run returns: its History, why it stopped, and the final model."""
@@ -120,6 +114,10 @@ class TrainResult:
     best_epoch: int | None
     seconds: float
 
+    def __post_init__(self) -> None:
+        if self.stop_reason not in STOP_REASONS:  # the shared vocabulary: CLI, tags, reports
+            raise ValueError(f"stop_reason must be one of {STOP_REASONS}; got {self.stop_reason!r}")
+
     @property
     def epochs(self) -> int:
         """Epochs completed."""
@@ -131,7 +129,7 @@ class TrainResult:
             "config": self.config.model_dump(mode="json"),
             "epochs": self.epochs,
             "stop_reason": self.stop_reason,
-            "final": {k: _json_number(v) for k, v in self.final.items()},
+            "final": {k: json_safe(v) for k, v in self.final.items()},
             "history": self.history.to_dict(),
             "data": self.dataset.summary(),
             "seconds": round(self.seconds, 4),

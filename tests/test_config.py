@@ -14,7 +14,7 @@ from bpexp.config import (
     ModelConfig,
     apply_overrides,
     config_from_dict,
-    finite_or_none,
+    json_safe,
     flatten,
     load_config,
     load_yaml,
@@ -245,10 +245,9 @@ def test_resolved_config_round_trips(lr, batch, hidden, name, schedule):
     assert again.model_dump() == cfg.model_dump()
 
 
-def test_flatten_and_finite_or_none():
+def test_flatten_and_json_safe():
     flat = flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1, 2], "f": {}})
     assert flat == {"a.b": 1, "a.c.d": 2, "e": "[1, 2]", "f": "{}"}
-    assert finite_or_none(1.5) == 1.5
-    assert finite_or_none(math.nan) is None
-    assert finite_or_none(math.inf) is None
-    assert finite_or_none(None) is None
+    assert json_safe(1.5) == 1.5
+    assert json_safe(math.nan) is None and json_safe(-math.inf) is None and json_safe(None) is None
+    assert json_safe({"a": [1, math.nan, (math.inf, "x")], "b": {"c": 2.0}}) == {"a": [1, None, [None, "x"]], "b": {"c": 2.0}}

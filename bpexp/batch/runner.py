@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from bpexp.batch.ledger import BatchRunRow, Ledger, redact, utcnow
 from bpexp.batch.locks import try_lock
 from bpexp.batch.spec import BatchSpec, Experiment
+from bpexp.config import json_safe
 from bpexp.errors import BpexpError, ConfigError, ServiceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,7 +103,7 @@ class BatchOutcome:
 
     def to_json(self) -> dict[str, Any]:
         """The ``bpexp batch run --json`` object."""
-        return _finite(
+        return json_safe(
             {
                 "batch": self.batch,
                 "status": self.status,
@@ -121,15 +121,6 @@ class BatchOutcome:
             }
         )
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------ where things live
@@ -485,7 +476,7 @@ def _run_one(
         exp.name,
         state=result.state,
         run_id=result.run_id,
-        summary=_finite(result.summary),
+        summary=json_safe(result.summary),
         error=result.error,
         ended_at=utcnow(),
         seconds=round(result.seconds, 3),

@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from bpexp.config import json_safe
+
 # Optuna's trial states, by name (optuna.trial.TrialState.name).
 COMPLETE, PRUNED, FAIL, RUNNING, WAITING = "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"
 
@@ -198,13 +200,13 @@ def record_from_result(
     from bpexp.config import flatten
 
     config = result.config.model_dump(mode="json")
-    final = {k: _finite(v) for k, v in result.final.items()}
+    final = {k: json_safe(v) for k, v in result.final.items()}
     if value is None:
         value = final.get(objective)
     return TrialRecord(
         number=number,
         state=state,
-        value=_finite(value),
+        value=json_safe(value),
         params=flatten(config),
         stop_reason=result.stop_reason,
         diagnosis=findings_to_dicts(findings),
@@ -255,12 +257,6 @@ def finite_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
@@ -271,4 +267,4 @@ def _clean(value: Any) -> Any:
             value = value.item()
         except (TypeError, ValueError):
             pass
-    return _finite(value)
+    return json_safe(value)

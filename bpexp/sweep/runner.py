@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from bpexp.config import json_safe
 from bpexp.errors import ConfigError
 from bpexp.sweep.search import grid_size
 from bpexp.sweep.spec import SweepSpec
@@ -123,17 +124,8 @@ class SweepOutcome:
             "seconds": round(self.seconds, 3),
             **self.extras,
         }
-        return _finite(payload)
+        return json_safe(payload)
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 ProgressFn = Callable[[int, int, int, str], None]
@@ -345,7 +337,7 @@ def _ensure_lr_auto(study: "optuna.Study", spec: SweepSpec, tracker: "Tracker", 
     if max_lr is None or max_lr.lr is None:
         reason = max_lr.reason if max_lr is not None else "no max_lr suggestion"
         raise ConfigError(f"sweep.space.lr: auto: the range test gives no max_lr ({reason}); search optim.lr with a range instead")
-    study.set_user_attr(ATTR_LR_FIND, _finite(payload))
+    study.set_user_attr(ATTR_LR_FIND, json_safe(payload))
     return {k: s.lr for k, s in result.suggestions.items()}
 
 
