@@ -82,6 +82,9 @@ class FakePhysics:
     def polish(self, h_max):
         return phy.Polish(before=1.0 + self._gain, after=1.0, steps=30)
 
+    def h_end_reaching(self, threshold):
+        return phy.Ritz(self.h_end, 0.0, 0)  # converged: the threshold changes nothing
+
     def twin(self, epochs):
         return self._twin
 
@@ -183,6 +186,68 @@ def test_lanczos_finds_the_top_eigenvalue_of_a_symmetric_matrix(rng):
 
 def test_lanczos_returns_nan_on_non_finite_products(rng):
     assert math.isnan(phy.lanczos_top(lambda v: v * math.nan, 5, rng))
+
+
+def test_lanczos_stops_on_the_residual_of_the_top_ritz_pair():
+    # a close second eigenvalue (0.97) and a start that leans away from the top eigenvector:
+    # the run may only stop once the top Ritz pair's residual is within LANCZOS_TOL
+    values = np.concatenate([[1.0, 0.97], np.linspace(0.0, 0.9, 198)])
+    start = np.ones(200)
+    start[0] = 0.0
+    for seed in range(5):
+        ritz = phy.lanczos(lambda v: values * v, 200, np.random.default_rng(seed), start=start, steps=60)
+        assert ritz.converged and ritz.residual <= phy.LANCZOS_TOL * ritz.value
+        assert ritz.value == pytest.approx(1.0, rel=1e-4)
+        assert 3 <= ritz.steps < 60
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.05, 1.5))
+def test_lanczos_lower_bound_stop_is_a_certain_bound(seed, threshold):
+    # Ritz values never exceed λ_max (Cauchy interlacing): a run stopped on stop_above proves
+    # λ_max ≥ stop_above; one that did not stop there converged to λ_max
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((80, 80))
+    S = M @ M.T / 80
+    top = float(np.linalg.eigvalsh(S)[-1])
+    threshold *= top
+    ritz = phy.lanczos(lambda v: S @ v, 80, rng, stop_above=threshold, steps=80)
+    assert ritz.value <= top * (1 + 1e-9)
+    if ritz.converged:
+        assert ritz.value == pytest.approx(top, rel=1e-4)
+    else:
+        assert threshold <= ritz.value and ritz.residual <= 0.15 * ritz.value
+
+
+def test_float32_hessian_products_agree_with_float64(digits32, rng):
+    X = digits32.train.X
+    A = rng.standard_normal((10, X.shape[1])) * 0.3
+    v = rng.standard_normal(A.size)
+    exact = phy.perceptron_hvp(A, X.astype(np.float64), 0.01)(v)
+    fast = phy.perceptron_hvp(A, *phy.hessian_rows(X, dtype=np.float32)[:1], 0.01)(v)
+    assert fast.dtype == np.float64
+    assert np.linalg.norm(fast - exact) <= 1e-5 * np.linalg.norm(exact)
+    assert phy.hessian_rows(X, dtype=np.float32)[0].dtype == np.float32
+    assert phy.hessian_rows(X)[0].dtype == np.float64  # cached apart
+
+
+def test_hessian_top_of_a_trained_perceptron_is_the_dense_eigenvalue(digits32, make_config):
+    # the last gradient starts the run; whatever it points at, the value is the dense λ_max
+    config = make_config(data={"name": "digits"}, optim={"lr": 5.0, "batch_size": "full"}, train={"max_epochs": 30})
+    result = train(config, digits32)
+    X, y = digits32.train.X, digits32.train.y
+    hvp = phy.perceptron_hvp(result.model.A, X.astype(np.float64), result.model.l2)
+    H = np.column_stack([hvp(e) for e in np.eye(result.model.A.size)])
+    dense = float(np.linalg.eigvalsh((H + H.T) / 2)[-1])
+    ritz = phy.hessian_top(result.model, config, X, y, config.seed)
+    assert ritz.converged and ritz.value == pytest.approx(dense, rel=1e-4)
+    # the physics object: a bound that passes the threshold is a certain lower bound, and
+    # a threshold above λ_max leaves the converged value
+    run = phy.RunPhysics(result, twin=False)
+    bound = run.h_end_reaching(0.5 * dense)
+    assert 0.5 * dense <= bound.value <= dense * (1 + 1e-5)
+    assert phy.RunPhysics(result, twin=False).h_end_reaching(2 * dense).value == pytest.approx(dense, rel=1e-4)
+    assert run.h_end == pytest.approx(dense, rel=1e-4)
 
 
 def _tiny_problem(rng, n=40, d=5, k=3):
@@ -457,6 +522,23 @@ def test_lr_too_high_needs_lambda_times_lambda_max_above_the_limit(ratio, found)
         assert result.evidence["stability_ratio"] == pytest.approx(ratio)
         assert result.suggested_config == {"optim.lr": adv.round_down(1.0 / h)}
         assert "oscillates" in result.advice and "bpexp lr-find" in result.advice
+
+
+def test_lr_too_high_asks_only_for_the_bound_it_needs_and_says_when_it_got_one():
+    class BoundPhysics(FakePhysics):
+        asked = None
+
+        def h_end_reaching(self, threshold):
+            BoundPhysics.asked = threshold
+            return phy.Ritz(1.3 * threshold, 0.1 * threshold, 3)  # stopped on the bound: not converged
+
+    v = view(_oscillating_history(), cfg())
+    result = det.lr_too_high(v, BoundPhysics(), {})
+    assert BoundPhysics.asked == pytest.approx(det.UNSTABLE * 2.0 / 0.1)  # the λ_max that puts λ·λ_max on the limit
+    assert "lambda_max" not in result.evidence
+    assert result.evidence["lambda_max_at_least"] == pytest.approx(1.3 * 20.0)
+    assert "λ·λ_max ≥ 2.6" in result.advice
+    assert result.suggested_config["optim.lr"] <= 0.5 * 0.1  # a lower bound on λ_max at least halves λ
 
 
 @pytest.mark.parametrize("period,found", [(4, True), (6, False)])

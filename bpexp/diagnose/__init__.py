@@ -38,9 +38,9 @@ class Diagnosis(list):
 
     Attributes:
         seconds: wall time of the whole diagnosis.
-        check_seconds: wall time per physical check (``h_end``, ``h_init``, ``recall``,
+        check_seconds: wall time per physical check (``h_end``, ``h_end_bound``, ``h_init``, ``recall``,
             ``knn``, ``polish``, ``twin``), for the checks that ran.
-        check_cpu_seconds: the same in CPU time of this process.
+        check_cpu_seconds: the same in CPU time of the calling thread.
     """
 
     seconds: float = 0.0

@@ -208,6 +208,12 @@ def _late_lr(view: RunView) -> float:
 
 
 def _diverged_at(view: RunView) -> int | None:
+    if "diverged_at" not in view.memo:
+        view.memo["diverged_at"] = _first_diverged_epoch(view)
+    return view.memo["diverged_at"]
+
+
+def _first_diverged_epoch(view: RunView) -> int | None:
     init = view.loss_init
     above = view.config.train.diverge_factor * init if math.isfinite(init) else math.inf
     bad = np.flatnonzero(~np.isfinite(view.loss) | (view.loss > above))  # NaN > x is False, caught by isfinite
@@ -272,8 +278,11 @@ def lr_too_high(view: RunView, phys: RunPhysics | None, found: dict) -> Finding 
                 "oscillation_decay": osc.decay, "alternation": osc.alternation, "final_jump": jump}
     safe = None
     if phys is not None and limit is not None:
-        h = phys.h_end
-        evidence["lambda_max"] = h
+        # λ_max is only needed to decide λ·λ_max > limit and to set a safe λ: a Lanczos lower
+        # bound that already passes the limit decides it (the advice then halves λ at least)
+        ritz = phys.h_end_reaching(UNSTABLE * limit / late_lr if late_lr > 0 else math.inf)
+        h = ritz.value
+        evidence["lambda_max" if ritz.converged else "lambda_max_at_least"] = h
         if not (math.isfinite(h) and h > 0):
             return None
         ratio = late_lr * h / limit
@@ -282,7 +291,7 @@ def lr_too_high(view: RunView, phys: RunPhysics | None, found: dict) -> Finding 
             return None  # stable curvature: the wobble is minibatch noise (see flat_minimum)
         safe = 0.5 * limit / h
         confidence = _conf(0.8, (ratio - UNSTABLE) / 0.25 + (osc.rise_share - OSC_RISE_SHARE) / 0.2)
-        why = f"λ·λ_max = {adv.fmt(late_lr * h)} > {adv.fmt(limit)}"
+        why = f"λ·λ_max {'=' if ritz.converged else '≥'} {adv.fmt(late_lr * h)} > {adv.fmt(limit)}"
     elif view.full_batch:
         confidence = _conf(0.6, (osc.rise_share - OSC_RISE_SHARE) / 0.2, top=0.8)
         why = "full batch, so no minibatch noise to blame"

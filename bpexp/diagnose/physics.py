@@ -32,10 +32,18 @@ HESSIAN_SAMPLES = 2048
 λ_max of a sample mean of per-sample Hessians converges like 1/√n, so 2048 samples pin
 it to a few per cent while keeping MNIST's diagnosis cheap."""
 LANCZOS_STEPS = 24
-"""Lanczos steps: the largest Ritz value converges geometrically in the step count
-(Kaniel–Paige), so two dozen steps give λ_max to well under 1 % on these spectra."""
+"""At most this many Lanczos steps: the largest Ritz value converges geometrically in the step
+count (Kaniel–Paige), so two dozen steps give λ_max to well under 1 % on these spectra."""
 LANCZOS_TOL = 1e-3
-"""Stop early once the largest Ritz value moves by less than this relative amount."""
+"""Stop once the top Ritz pair's residual ‖H·y − θ·y‖ = β_j·|s_j| is below this × θ. Some
+eigenvalue then lies within that residual of θ (Parlett, The Symmetric Eigenvalue Problem,
+Thm 4.5.1), and the Ritz value's own error is of the order of residual²/gap. A test on the
+change of θ between steps alone can stop on the second eigenvalue while the first has not yet
+entered the Krylov space: a digits run gave λ₂ = 0.319 for λ_max = 0.366 that way."""
+HVP_DTYPE = np.float32
+"""The perceptron's Hessian-vector products run in float32 (the training dtype): they are
+twice as fast as float64 and exact to ~1e-6 relative, three orders below LANCZOS_TOL. The
+Lanczos vectors and the tridiagonal matrix stay float64."""
 FD_EPSILON = 1e-4
 """Central differences of float64 gradients: the step is this × max(1, ‖θ‖) along a unit
 vector; truncation error O(ε²), round-off O(1e-16/ε), both far below 1 %."""
@@ -44,48 +52,89 @@ vector; truncation error O(ε²), round-off O(1e-16/ε), both far below 1 %."""
 # ------------------------------------------------------------ Hessian λ_max
 
 
-def lanczos_top(hvp: Callable[[np.ndarray], np.ndarray], dim: int, rng: np.random.Generator,
-                steps: int = LANCZOS_STEPS, tol: float = LANCZOS_TOL) -> float:
-    """The largest eigenvalue of the symmetric operator ``hvp`` on R^dim, by Lanczos.
+@dataclass
+class Ritz:
+    """The top Ritz pair of a Lanczos run: ``value`` never exceeds λ_max (Cauchy interlacing),
+    and some eigenvalue lies within ``residual`` of it (Parlett, Thm 4.5.1)."""
+
+    value: float
+    residual: float
+    steps: int
+
+    @property
+    def converged(self) -> bool:
+        """The residual met :data:`LANCZOS_TOL` (or the Krylov space closed)."""
+        return math.isfinite(self.value) and self.residual <= LANCZOS_TOL * abs(self.value)
+
+
+def lanczos(hvp: Callable[[np.ndarray], np.ndarray], dim: int, rng: np.random.Generator,
+            steps: int = LANCZOS_STEPS, tol: float = LANCZOS_TOL, start: np.ndarray | None = None,
+            stop_above: float = math.inf, bound_residual: float = 0.15) -> Ritz:
+    """The top Ritz pair of the symmetric operator ``hvp`` on R^dim, by Lanczos.
 
     Full re-orthogonalisation keeps the Krylov basis orthogonal, so no spurious copies
-    of λ_max appear (Golub & Van Loan, Matrix Computations, §10.3).
+    of λ_max appear (Golub & Van Loan, Matrix Computations, §10.3). The run stops when the
+    top Ritz pair's residual falls below ``tol`` × its value (see :data:`LANCZOS_TOL`).
+
+    Args:
+        start: an optional direction believed to lean towards the top eigenvector (e.g. the
+            last gradient of a run that oscillates along it). It is mixed in equal parts with
+            a random unit vector, so a start orthogonal to the top eigenvector still converges.
+        stop_above: stop early once the top Ritz value reaches this and its residual is within
+            ``bound_residual`` of it: Ritz values never exceed λ_max, so λ_max ≥ ``stop_above``
+            is then certain, and the value is a genuine curvature to within 15 %. A caller that
+            only needs to know whether λ_max passes a limit saves the remaining steps.
 
     Returns:
-        The largest Ritz value, or NaN when a product is not finite.
+        A :class:`Ritz`; its value is NaN when a product is not finite.
     """
     steps = max(1, min(steps, dim))
     Q = np.zeros((steps, dim))
     T = np.zeros((steps, steps))  # the tridiagonal Lanczos matrix, filled as the steps go
-    a_max = b_max = 0.0  # Gershgorin: every Ritz value is at most max|αᵢ| + 2·max βᵢ in size
     q = rng.standard_normal(dim)
     q /= np.linalg.norm(q)
-    previous = math.nan
-    top = math.nan
+    if start is not None:
+        start = np.asarray(start, dtype=np.float64).reshape(-1)
+        norm = float(np.linalg.norm(start)) if start.shape == (dim,) else 0.0
+        if math.isfinite(norm) and norm > 0:
+            q += start / norm
+            q /= np.linalg.norm(q)
+    top, residual = math.nan, math.inf
     for j in range(steps):
         Q[j] = q
         w = hvp(q)
-        if not np.all(np.isfinite(w)):
-            return math.nan
         alpha = float(q @ w)
         T[j, j] = alpha
-        w -= Q[: j + 1].T @ (Q[: j + 1] @ w)  # full re-orthogonalisation against q_0..q_j
-        w -= Q[: j + 1].T @ (Q[: j + 1] @ w)  # twice is enough (Kahan–Parlett)
-        beta = float(np.linalg.norm(w))
-        a_max = max(a_max, abs(alpha))
-        b_max = max(b_max, T[j, j - 1] if j else 0.0)
-        bound = a_max + 2.0 * b_max
-        # the Ritz value is needed from step 2 on (step 3 compares it with step 2's), at the
-        # last step, and when β may be negligible beside it; elsewhere it would go unused
-        if j >= 2 or j == steps - 1 or beta < 1e-12 * max(1.0, bound):
-            top = float(np.linalg.eigvalsh(T[: j + 1, : j + 1])[-1])
-            if beta < 1e-12 * max(1.0, abs(top)) or (j >= 3 and abs(top - previous) <= tol * abs(top)):
-                break
-            previous = top
+        basis = Q[: j + 1]
+        w -= basis.T @ (basis @ w)  # full re-orthogonalisation against q_0..q_j
+        w -= basis.T @ (basis @ w)  # twice is enough (Kahan–Parlett)
+        beta = math.sqrt(float(w @ w))
+        if not (math.isfinite(alpha) and math.isfinite(beta)):  # a non-finite product spreads to both
+            return Ritz(math.nan, math.inf, j + 1)
+        if j == 0:
+            top, last = alpha, 1.0
+        else:
+            values, vectors = np.linalg.eigh(T[: j + 1, : j + 1])
+            top, last = float(values[-1]), float(vectors[-1, -1])
+        residual = beta * abs(last)  # ‖H·y − θ·y‖ for the top Ritz pair
+        if beta <= 1e-12 * max(1.0, abs(top)):  # the Krylov space is invariant: θ is exact
+            return Ritz(top, 0.0, j + 1)
+        if residual <= tol * abs(top) or (top >= stop_above and residual <= bound_residual * abs(top)):
+            return Ritz(top, residual, j + 1)
         if j + 1 < steps:
             T[j, j + 1] = T[j + 1, j] = beta
         q = w / beta
-    return top
+    return Ritz(top, residual, steps)
+
+
+def lanczos_top(hvp: Callable[[np.ndarray], np.ndarray], dim: int, rng: np.random.Generator,
+                steps: int = LANCZOS_STEPS, tol: float = LANCZOS_TOL, start: np.ndarray | None = None) -> float:
+    """The largest eigenvalue of the symmetric operator ``hvp`` on R^dim (see :func:`lanczos`).
+
+    Returns:
+        The largest Ritz value (a lower bound on λ_max), or NaN when a product is not finite.
+    """
+    return lanczos(hvp, dim, rng, steps, tol, start).value
 
 
 def _subset(n: int, limit: int, seed: int) -> np.ndarray | None:
@@ -102,13 +151,15 @@ def perceptron_hvp(A: np.ndarray, X: np.ndarray, l2: float,
     is (1/n)·Σᵢ (diag(pᵢ) − pᵢpᵢᵀ) ⊗ xᵢxᵢᵀ + λ₂·I on the weights, so for a direction V (K, D+1):
         H·V = (1/n)·Σᵢ [pᵢ ⊙ uᵢ − pᵢ·(pᵢᵀuᵢ)]·xᵢᵀ + λ₂·V,   uᵢ = V·xᵢ.
 
-    ``XT``, when given, must be ``X``'s float64 transpose (see :func:`hessian_rows`).
+    The products run in ``X``'s dtype when it is float32 (see :data:`HVP_DTYPE`), else in
+    float64. ``XT``, when given, must be ``X``'s transpose in that dtype (see :func:`hessian_rows`).
 
     Returns:
-        A function of a flat float64 vector (K·(D+1),) returning H·v, flat.
+        A function of a flat float64 vector (K·(D+1),) returning H·v as float64, flat.
     """
-    A = np.asarray(A, dtype=np.float64)
-    X = np.ascontiguousarray(X, dtype=np.float64)  # (n, D+1), rows contiguous for R·X
+    dtype = np.float32 if np.asarray(X).dtype == np.float32 else np.float64
+    A = np.asarray(A, dtype=dtype)
+    X = np.ascontiguousarray(X, dtype=dtype)  # (n, D+1), rows contiguous for R·X
     XT = np.ascontiguousarray(X.T) if XT is None else XT  # (D+1, n), rows contiguous for V·Xᵀ
     K, D1 = A.shape
     # samples along the last axis, (K, n): both products then run over contiguous rows,
@@ -120,13 +171,13 @@ def perceptron_hvp(A: np.ndarray, X: np.ndarray, l2: float,
     n = X.shape[0]
 
     def hvp(v: np.ndarray) -> np.ndarray:
-        V = v.reshape(K, D1)
+        V = v.reshape(K, D1).astype(dtype, copy=False)
         R = P * (V @ XT)  # (K, n): pᵢ ⊙ uᵢ, uᵢ = V·xᵢ
         R -= P * R.sum(axis=0, keepdims=True)  # (diag(p) − ppᵀ)·u per column
         out = (R @ X) / n  # (K, D+1)
         if l2:
             out[:, :-1] += l2 * V[:, :-1]  # the L2 term skips the bias column
-        return out.reshape(-1)
+        return out.reshape(-1).astype(np.float64, copy=False)
 
     return hvp
 
@@ -154,8 +205,9 @@ its own subset."""
 ROWS_CACHED = 4
 
 
-def hessian_rows(X: np.ndarray, limit: int = HESSIAN_SAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The Hessian sample of ``X`` (at most ``limit`` rows, drawn by ``seed``) as float64, and its transpose.
+def hessian_rows(X: np.ndarray, limit: int = HESSIAN_SAMPLES, seed: int = 0,
+                 dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """The Hessian sample of ``X`` (at most ``limit`` rows, drawn by ``seed``) as ``dtype``, and its transpose.
 
     Both are C-contiguous and cached per array: dataset splits are never written after
     loading, so the identity of ``X`` (checked alive through a weak reference) and its
@@ -165,18 +217,19 @@ def hessian_rows(X: np.ndarray, limit: int = HESSIAN_SAMPLES, seed: int = 0) -> 
     Returns:
         ``(Xs (m, D+1), Xsᵀ (D+1, m))`` with m = min(len(X), limit).
     """
-    return _rows_entry(X, limit, seed)[0]
+    return _rows_entry(X, limit, seed, dtype)[0]
 
 
-def _rows_entry(X: np.ndarray, limit: int, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
+def _rows_entry(X: np.ndarray, limit: int, seed: int,
+                dtype: type = np.float64) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
     subset_seed = seed if len(X) > limit else None  # seed only matters when a subset is drawn
-    key = (id(X), X.shape, X.dtype.str, limit, subset_seed)
+    key = (id(X), X.shape, X.dtype.str, limit, subset_seed, np.dtype(dtype).str)
     hit = _ROWS.pop(key, None)
     if hit is not None and hit[0]() is X:
         _ROWS[key] = hit  # most recently used goes last
         return hit[1], hit[2]
     idx = _subset(len(X), limit, seed)
-    Xs = np.ascontiguousarray(X if idx is None else X[idx], dtype=np.float64)
+    Xs = np.ascontiguousarray(X if idx is None else X[idx], dtype=dtype)
     rows = (Xs, np.ascontiguousarray(Xs.T))
     derived: dict = {}
     try:
@@ -251,15 +304,29 @@ def top_hessian_eigenvalue(model: Model, config, X: np.ndarray, y: np.ndarray, s
     Returns:
         λ_max, or NaN when the weights are not finite.
     """
+    return hessian_top(model, config, X, y, seed, limit).value
+
+
+def hessian_top(model: Model, config, X: np.ndarray, y: np.ndarray, seed: int,
+                limit: int = HESSIAN_SAMPLES, stop_above: float = math.inf) -> Ritz:
+    """The top Ritz pair of the training objective's Hessian at ``model``'s weights.
+
+    As :func:`top_hessian_eigenvalue`; ``stop_above`` ends the run once λ_max ≥ it is
+    certain (see :func:`lanczos`), leaving a lower bound instead of the converged value.
+
+    Returns:
+        A :class:`Ritz` (value NaN when the weights are not finite).
+    """
     if not all(np.all(np.isfinite(p)) for p in model.params):
-        return math.nan
+        return Ritz(math.nan, math.inf, 0)
     if isinstance(model, Perceptron) and not np.any(model.A):
         # the closed form of zero_perceptron_top, with λ_max(XᵀX/n) shared by every run on X
-        return gram_top(X, limit, seed) / model.n_classes + model.l2
+        return Ritz(gram_top(X, limit, seed) / model.n_classes + model.l2, 0.0, 0)
     rng = np.random.default_rng([seed, 8])
     if isinstance(model, Perceptron):
-        X64, XT64 = hessian_rows(X, limit, seed)  # the same subset, float64 copies shared by every run on X
-        return lanczos_top(perceptron_hvp(model.A, X64, model.l2, XT=XT64), model.A.size, rng)
+        Xs, XsT = hessian_rows(X, limit, seed, HVP_DTYPE)  # the same subset, copies shared by every run on X
+        return lanczos(perceptron_hvp(model.A, Xs, model.l2, XT=XsT), model.A.size, rng, start=_last_step(model),
+                       stop_above=stop_above)
     idx = _subset(len(y), limit, seed)
     Xs = X if idx is None else X[idx]
     ys = y if idx is None else y[idx]
@@ -267,7 +334,23 @@ def top_hessian_eigenvalue(model: Model, config, X: np.ndarray, y: np.ndarray, s
     twin = float64_copy(model, config, n_features, model.n_classes, seed)
     dim = sum(p.size for p in twin.params)
     with np.errstate(all="ignore"):
-        return lanczos_top(finite_difference_hvp(twin, np.asarray(Xs, dtype=np.float64), ys), dim, rng)
+        return lanczos(finite_difference_hvp(twin, np.asarray(Xs, dtype=np.float64), ys), dim, rng,
+                       stop_above=stop_above)
+
+
+def _last_step(model: Model) -> np.ndarray | None:
+    """The model's last gradient, flat: a Lanczos start that leans towards the top eigenvector.
+
+    A run that oscillates past the stability limit oscillates along the unstable directions,
+    so the gradient of its last step is dominated by them (on the digits oscillation cases,
+    |cos(g, u_max)| = 0.1–0.8 against 1/√dim ≈ 0.04 for a random vector). After an early-stop
+    restore the gradient belongs to a later epoch; it remains a valid start, only a less
+    pointed one.
+    """
+    grads = getattr(model, "grads", None)
+    if not grads:
+        return None
+    return np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1) for g in grads])
 
 
 def stability_limit(config) -> float | None:
@@ -457,7 +540,10 @@ def initial_model(config, n_features: int, n_classes: int) -> Model:
 
 
 __all__ = [
+    "Ritz",
+    "lanczos",
     "lanczos_top",
+    "hessian_top",
     "perceptron_hvp",
     "finite_difference_hvp",
     "top_hessian_eigenvalue",
@@ -482,8 +568,9 @@ __all__ = [
 class RunPhysics:
     """The physical checks of one finished run, each computed on first use and kept.
 
-    ``seconds`` (wall) and ``cpu_seconds`` (this process's CPU) record what each check
-    cost, so a diagnosis can report its own price.
+    ``seconds`` (wall) and ``cpu_seconds`` (CPU time of the calling thread, where each check
+    runs; BLAS worker threads are not counted) record what each check cost, so a diagnosis can
+    report its own price.
     """
 
     def __init__(self, result, *, twin: bool = True) -> None:
@@ -498,17 +585,36 @@ class RunPhysics:
 
     def _timed(self, name: str, compute):
         if name not in self._cache:
-            started, cpu = time.perf_counter(), time.process_time()
+            started, cpu = time.perf_counter(), time.thread_time()
             self._cache[name] = compute()
             self.seconds[name] = time.perf_counter() - started
-            self.cpu_seconds[name] = time.process_time() - cpu
+            self.cpu_seconds[name] = time.thread_time() - cpu
         return self._cache[name]
 
     @property
     def h_end(self) -> float:
-        """λ_max of the Hessian at the final weights."""
+        """λ_max of the Hessian at the final weights (converged Lanczos)."""
+        bound = self._cache.get("h_end_bound")
+        if isinstance(bound, Ritz) and bound.converged:
+            return bound.value
         train = self.dataset.train
         return self._timed("h_end", lambda: top_hessian_eigenvalue(self.model, self.config, train.X, train.y, self.config.seed))
+
+    def h_end_reaching(self, threshold: float) -> Ritz:
+        """λ_max at the final weights, or a lower bound on it once that bound reaches ``threshold``.
+
+        Enough to decide whether λ·λ_max passes a stability limit, at a fraction of the
+        Lanczos steps when it clearly does; below the threshold the value is converged.
+        A converged ``h_end`` already computed is reused.
+
+        Returns:
+            A :class:`Ritz` (``converged`` False when it stopped on the bound).
+        """
+        if "h_end" in self._cache:
+            return Ritz(self._cache["h_end"], 0.0, 0)
+        train = self.dataset.train
+        return self._timed("h_end_bound", lambda: hessian_top(self.model, self.config, train.X, train.y,
+                                                             self.config.seed, stop_above=threshold))
 
     @property
     def h_init(self) -> float:
