@@ -51,6 +51,8 @@ class RunView:
     batch: int
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lr_find: Any = None
+    memo: dict = field(default_factory=dict)
+    """Values several detectors derive from the view, computed once (e.g. the divergence epoch)."""
 
     @property
     def loss_init(self) -> float:
@@ -84,6 +86,13 @@ def _series(values: Any, n: int) -> np.ndarray:
     """A float64 array of length n: non-numbers become NaN, a short list is NaN-padded."""
     if values is None:
         return np.full(n, np.nan)
+    if type(values) is list and len(values) == n:  # a History's own lists: one conversion, no copy
+        try:
+            full = np.array(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            full = None
+        if full is not None and full.shape == (n,):
+            return full
     items = list(values)[:n]
     if len(items) == n:
         try:  # the common case, n numbers, in one conversion (float() is the rule either way)
