@@ -7,9 +7,9 @@ extended ones) at several seeds and prints:
 - per mode: precision, recall, and the repair rate, i.e. how often re-running with the
   findings' ``suggested_config`` gives a run with no finding at all;
 - the same precision and recall for ``diagnose_history`` (no model: physical checks skipped);
-- the diagnosis cost on digits, as a share of the run's training time (CPU time of this
-  process, one BLAS thread, so other work on the machine does not blur it), without and
-  with the shuffled twin run, which only runs for a suspected bad ordering.
+- the diagnosis cost on digits, as a share of the run's training time (CPU time of the
+  calling thread, one BLAS thread, so neither other work on the machine nor idle BLAS workers
+  blur it), without and with the shuffled twin run, which only runs for a suspected bad ordering.
 
     python benchmarks/diagnosis_eval.py                  # core + extended, 10 seeds
     python benchmarks/diagnosis_eval.py --quick          # the tests' suite: core, 3 seeds
@@ -53,6 +53,10 @@ def _pct(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{100 * value:.0f}%"
 
 
+def _pct1(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
 def _ratio(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{value:.2f}"
 
@@ -85,6 +89,7 @@ def cost_figures(runs: list[CaseRun]) -> dict:
     """Diagnosis CPU time / training CPU time on digits runs: without and with the twin run."""
     digits = [r for r in runs if r.dataset == "digits" and r.train_cpu > 0]
     no_twin = [(r.diagnosis_cpu - r.twin_cpu) / r.train_cpu for r in digits]
+    worst = max(digits, key=lambda r: (r.diagnosis_cpu - r.twin_cpu) / r.train_cpu, default=None)
     healthy = [(r.diagnosis_cpu - r.twin_cpu) / r.train_cpu for r in digits if not r.expected]
     failing = [(r.diagnosis_cpu - r.twin_cpu) / r.train_cpu for r in digits if r.expected]
     twins = [r.twin_cpu / r.train_cpu for r in runs if r.twin_cpu > 0 and r.train_cpu > 0]
@@ -97,7 +102,10 @@ def cost_figures(runs: list[CaseRun]) -> dict:
                 "max": values[-1], "mean": statistics.fmean(values)}
 
     return {"digits_all": stats(no_twin), "digits_healthy": stats(healthy), "digits_failing": stats(failing),
-            "twin_over_training": stats(twins)}
+            "twin_over_training": stats(twins),
+            "digits_worst": None if worst is None else {
+                "case": worst.case, "seed": worst.seed, "train_ms": 1e3 * worst.train_cpu,
+                "diagnosis_ms": 1e3 * (worst.diagnosis_cpu - worst.twin_cpu), "checks": sorted(worst.check_seconds)}}
 
 
 def cost_text(costs: dict) -> str:
@@ -108,8 +116,13 @@ def cost_text(costs: dict) -> str:
         s = costs[key]
         if not s.get("n"):
             continue
-        rows.append([label, str(s["n"]), _pct(s["median"]), _pct(s["mean"]), _pct(s["p90"]), _pct(s["max"])])
-    return _table(["diagnosis cost", "runs", "median", "mean", "p90", "max"], rows)
+        rows.append([label, str(s["n"]), *(_pct1(s[k]) for k in ("median", "mean", "p90", "max"))])
+    text = _table(["diagnosis cost", "runs", "median", "mean", "p90", "max"], rows)
+    worst = costs.get("digits_worst")
+    if worst:
+        text += (f"\nmost expensive digits run: {worst['case']} seed {worst['seed']}, {worst['diagnosis_ms']:.2f} ms of "
+                 f"diagnosis against {worst['train_ms']:.1f} ms of training (checks: {', '.join(worst['checks']) or 'none'})")
+    return text
 
 
 def per_case_text(runs: list[CaseRun]) -> str:
