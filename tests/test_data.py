@@ -483,3 +483,23 @@ def test_summary_is_plain_json():
     summary = json.loads(json.dumps(ds.summary()))
     assert summary["n_train"] + summary["n_val"] + summary["n_test"] == 150
     assert sum(summary["train_class_counts"]) == summary["n_train"]
+
+
+def test_digits_read_without_sklearn_are_sklearns_digits():
+    # the oracle: scikit-learn's own loader of the same package file
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from bpexp.data import _digits_without_sklearn
+
+    X, y, names = _digits_without_sklearn()
+    bunch = load_digits()
+    assert np.array_equal(X, bunch.data) and X.dtype == np.float64
+    assert np.array_equal(y, bunch.target) and y.dtype == bunch.target.dtype
+    assert names == list(bunch.feature_names)
+    # and loading digits really leaves scikit-learn unimported (what the fast path is for)
+    code = ("import sys; from bpexp.config import DataConfig; from bpexp.data import load_dataset; "
+            "load_dataset(DataConfig(name='digits'), 0); print('sklearn' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
