@@ -15,6 +15,7 @@ loads it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -184,7 +185,64 @@ class Tracker(ABC):
 
     def worker_spec(self) -> dict[str, Any]:
         """What a worker process needs to rebuild this tracker with :func:`make_tracker`."""
-        return {"uri": self.uri, "experiment": self.experiment, "enabled": self.uri is not None}
+        return {"uri": self.uri, "experiment": self.experiment, "enabled": self.uri is not None, "process": self.asynchronous}
+
+    #: True when calls return before they reach the store (see bpexp.tracking_process)
+    asynchronous: bool = False
+
+    def resolve(self, run_id: str) -> str:
+        """The id to store for a run id :meth:`start_run` returned (itself, unless pending)."""
+        return run_id
+
+    def resolved(self, run_id: str) -> str | None:
+        """The id to store if it is known now without waiting, else None."""
+        return run_id
+
+    def flush(self) -> None:
+        """Wait until every call made so far has reached the store."""
+        return None
+
+    def log_run_curves(self, run_id: str, folder: str, title: str, also: Sequence[str] = ()) -> None:
+        """Draw curves.png of a finished run from its history.json: into the run, and into ``folder/`` of each run in ``also``.
+
+        Nothing happens when the run has no history.json in this store.
+        """
+        if self.uri is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="bpexp-curves-") as tmp:
+            try:
+                local = self.download_artifact(run_id, "history.json", Path(tmp, "dl"))
+            except Exception:  # the run lives in another tracking store
+                return
+            if local is None:
+                return
+            history = History.from_dict(json.loads(Path(local).read_text()))
+            out = Path(tmp, "out", folder)
+            out.mkdir(parents=True)
+            draw_curves(history, out / "curves.png", title)
+            self.log_artifacts(run_id, out)  # the run's own curves.png
+            for target in also:
+                self.log_artifacts(target, out.parent)  # folder/curves.png
+
+    def log_figure(self, run_id: str, drawer: str, data: Any, path: str) -> None:
+        """Draw a figure and store it as the artifact ``path`` of a run.
+
+        ``drawer`` names a function ``"module:function"`` called as ``function(data, file)``;
+        by name, so that a tracker writing from another process can draw it there.
+        """
+        if self.uri is None:
+            return
+        module, _, function = drawer.partition(":")
+        draw = getattr(importlib.import_module(module), function)
+        with tempfile.TemporaryDirectory(prefix="bpexp-figure-") as tmp:
+            target = Path(tmp, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            draw(data, target)
+            self.log_artifacts(run_id, tmp)
+
+    def close(self) -> None:
+        """Flush and release what the tracker holds."""
+        return None
 
 
 class NoOpTracker(Tracker):
@@ -719,16 +777,23 @@ def _tag_value(value: Any) -> str:
     return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 1] + "…"
 
 
-def make_tracker(uri: str | None = None, experiment: str | None = None, *, enabled: bool = True) -> Tracker:
+def make_tracker(uri: str | None = None, experiment: str | None = None, *, enabled: bool = True,
+                 process: bool = False) -> Tracker:
     """The tracker for a command's flags: MLflow at ``uri`` (default: see :func:`resolve_tracking_uri`), or none.
 
     Args:
         uri: ``--tracking-uri``; ``None`` falls back to ``$MLFLOW_TRACKING_URI``, then ``sqlite:///mlflow.db``.
         experiment: ``--experiment`` or the spec's ``experiment``; default ``bpexp``.
         enabled: False for ``--no-track``.
+        process: write from a helper process (:class:`bpexp.tracking_process.ProcessTracker`),
+            so that recording overlaps training; what a sweep uses.
     """
     if not enabled:
         return NoOpTracker(experiment or DEFAULT_EXPERIMENT)
+    if process:
+        from bpexp.tracking_process import ProcessTracker
+
+        return ProcessTracker(uri, experiment)
     return MlflowTracker(uri, experiment)
 
 
@@ -1060,12 +1125,9 @@ def log_lr_find(
         if tracker.uri is not None:
             with tempfile.TemporaryDirectory(prefix="bpexp-lrfind-") as tmp:
                 Path(tmp, "lr_find.json").write_text(json.dumps(payload, default=_json_default))
-                figure = Path(tmp, "lr_find.png")
                 if plot_path is not None and Path(plot_path).is_file():
-                    shutil.copyfile(plot_path, figure)  # the figure the command already drew
-                elif payload.get("lrs"):
-                    from bpexp.lr_find import plot
-
-                    plot(result, figure)
+                    shutil.copyfile(plot_path, Path(tmp, "lr_find.png"))  # the figure the command already drew
                 tracker.log_artifacts(run_id, tmp)
+            if (plot_path is None or not Path(plot_path).is_file()) and payload.get("lrs"):
+                tracker.log_figure(run_id, "bpexp.lr_find:plot", result, "lr_find.png")
     return run_id

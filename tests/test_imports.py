@@ -30,7 +30,7 @@ ORDER = [
     ["train"],
     ["lr_find", "clr"],
     ["diagnose", "labelled_suite"],
-    ["tracking"],
+    ["tracking", "tracking_process"],
     ["sweep"],
     ["report"],
     ["cli", "batch"],

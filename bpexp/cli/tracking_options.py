@@ -28,8 +28,12 @@ def tracking_options(func: Callable) -> Callable:
     return func
 
 
-def tracker_from_options(tracking_uri: str | None, experiment: str | None, no_track: bool, config: Any = None):
+def tracker_from_options(tracking_uri: str | None, experiment: str | None, no_track: bool, config: Any = None, *,
+                         process: bool = False):
     """Build and check the tracker the flags ask for, before any training starts.
+
+    ``process`` writes from a helper process (see :mod:`bpexp.tracking_process`): its
+    check only probes the URI, and the store is opened while training goes on.
 
     Returns:
         A :class:`bpexp.tracking.Tracker`.
@@ -40,6 +44,6 @@ def tracker_from_options(tracking_uri: str | None, experiment: str | None, no_tr
     from bpexp.tracking import make_tracker
 
     name = experiment or (getattr(config, "experiment", None) if config is not None else None)
-    tracker = make_tracker(tracking_uri, name, enabled=not no_track)
+    tracker = make_tracker(tracking_uri, name, enabled=not no_track, process=process)
     tracker.check()
     return tracker

@@ -1,0 +1,354 @@
+"""Tracking from a helper process, so that a sweep's MLflow writes overlap its training.
+
+:class:`ProcessTracker` is a :class:`~bpexp.tracking.Tracker` whose calls go to a child
+process (``python -m bpexp.tracking_process``) that owns the real
+:class:`~bpexp.tracking.MlflowTracker`. Importing MLflow, opening its store, creating
+runs and writing them all cost CPU in Python (about 1.5 s once, then ~30 ms per
+trial on SQLite) and waits on the store; in a thread they would share the GIL with
+the training loop, in the child they run beside it on the other core.
+
+- Writes are queued and return at once; they reach the store in call order.
+- :meth:`ProcessTracker.start_run` returns a *pending* run id at once; any later
+  call may use it. :meth:`ProcessTracker.resolve` gives the real MLflow run id
+  (waiting for the child if needed); call it before storing an id anywhere.
+- Reads (:meth:`run_status`, :meth:`find_runs`, ...) wait for the child's answer.
+- :meth:`ProcessTracker.flush` waits until everything queued is written and
+  raises the first error the child met (as :class:`~bpexp.errors.ServiceError`).
+
+:meth:`check` only probes the URI in this process (no MLflow import), so an
+unreachable store still fails within seconds and before any training; the child
+then opens the store while the caller goes on. When this process dies, the child
+reads end-of-file, writes what it was sent and exits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Mapping, Sequence
+
+from bpexp.errors import ServiceError
+from bpexp.tracking import DEFAULT_EXPERIMENT, MlflowTracker, RunRecord, Tracker, probe_tracking_uri, resolve_tracking_uri
+
+PENDING_PREFIX = "bpexp-pending-run-"
+"""Pending run ids start with this; the child maps them to the ids MLflow gives."""
+
+MAX_WARNINGS = 3
+"""The child prints this many failed writes as they happen; :meth:`ProcessTracker.flush` counts them all."""
+_HEADER = struct.Struct("!I")  # each message: 4-byte big-endian length, then a pickle
+_STOP = object()
+
+
+def _send(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO) -> Any:
+    """The next message, or None at end of file."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)  # noqa: S301 - our own child process, over its own pipe
+
+
+class ProcessTracker(Tracker):
+    """A Tracker whose writes run in a child process (see the module docstring).
+
+    Args:
+        uri: a tracking URI (see :func:`bpexp.tracking.resolve_tracking_uri`).
+        experiment: the MLflow experiment, created on first use.
+    """
+
+    asynchronous = True
+
+    def __init__(self, uri: str | None = None, experiment: str | None = None) -> None:
+        self.uri = resolve_tracking_uri(uri)
+        self.experiment = experiment or DEFAULT_EXPERIMENT
+        self._proc: subprocess.Popen | None = None
+        self._outbox: queue.Queue = queue.Queue()
+        self._futures: dict[int, Future] = {}
+        self._pending: dict[str, Future] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._errors: list[str] = []
+        self._sender: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+
+    # -- the child
+    def _start(self) -> None:
+        if self._proc is not None:
+            return
+        env = dict(os.environ)
+        # the child only writes: one BLAS thread, and nothing of its own on stdout
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = "1"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bpexp.tracking_process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # its warnings reach the user's terminal
+            env=env,
+        )
+        self._sender = threading.Thread(target=self._send_loop, name="bpexp-tracking-send", daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name="bpexp-tracking-read", daemon=True)
+        self._sender.start()
+        self._reader.start()
+        self._request("open", (self.uri, self.experiment), reply=False)
+
+    def _send_loop(self) -> None:
+        # a full pipe blocks this thread, never the caller's
+        assert self._proc is not None and self._proc.stdin is not None
+        stream = self._proc.stdin
+        while True:
+            message = self._outbox.get()
+            if message is _STOP:
+                break
+            try:
+                _send(stream, message)
+            except (BrokenPipeError, OSError):
+                self._fail_all("the tracking process ended")
+                return
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+    def _read_loop(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        while True:
+            message = _receive(self._proc.stdout)
+            if message is None:
+                break
+            number, ok, value = message
+            with self._lock:
+                future = self._futures.pop(number, None)
+                if not ok:
+                    self._errors.append(str(value))
+            if future is not None:
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(ServiceError(str(value)))
+        self._fail_all("the tracking process ended before answering")
+
+    def _fail_all(self, reason: str) -> None:
+        with self._lock:
+            futures, self._futures = list(self._futures.values()), {}
+        for future in futures:
+            if not future.done():
+                future.set_exception(ServiceError(f"tracking store {self.uri}: {reason}"))
+
+    def _request(self, method: str, args: tuple = (), kwargs: Mapping[str, Any] | None = None, *, reply: bool) -> Future:
+        self._start()
+        number = next(self._ids)
+        future: Future = Future()
+        with self._lock:
+            # every request gets a future, so a failed write is reported even when nobody waits
+            self._futures[number] = future
+        self._outbox.put((number, method, args, dict(kwargs or {}), reply))
+        return future
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Send a request and wait for its answer."""
+        return self._request(method, args, kwargs, reply=True).result()
+
+    def _cast(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Send a write; its error, if any, is raised by :meth:`flush`."""
+        self._request(method, args, kwargs, reply=False)
+
+    # -- the Tracker interface
+    def check(self) -> None:
+        """Probe the URI here (seconds at most, no MLflow import) and start the child.
+
+        Raises:
+            ServiceError: the store cannot be reached.
+        """
+        probe_tracking_uri(self.uri)
+        self._start()
+
+    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
+        handle = f"{PENDING_PREFIX}{next(self._ids)}"
+        self._pending[handle] = self._request("start_run", (handle, name), {"parent_run_id": parent_run_id, "tags": dict(tags or {})},
+                                              reply=True)
+        return handle
+
+    def resolve(self, run_id: str) -> str:
+        """The MLflow run id of ``run_id`` (a pending id waits for the child).
+
+        Raises:
+            ServiceError: the child could not create the run.
+        """
+        future = self._pending.get(run_id)
+        return future.result() if future is not None else run_id
+
+    def resolved(self, run_id: str) -> str | None:
+        """The MLflow run id if the child has created the run by now, else None (never waits)."""
+        future = self._pending.get(run_id)
+        if future is None:
+            return run_id
+        return future.result() if future.done() and future.exception() is None else None
+
+    def log_batch(self, run_id: str, *, metrics: Iterable[tuple[str, float, int]] = (), params: Mapping[str, Any] | None = None,
+                  tags: Mapping[str, Any] | None = None) -> None:
+        self._cast("log_batch", run_id, metrics=list(metrics), params=dict(params or {}), tags=dict(tags or {}))
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
+        # the caller may delete the folder as soon as this returns: send the bytes
+        root = Path(local_dir)
+        files = {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+        self._cast("log_artifact_files", run_id, files)
+
+    def log_run_curves(self, run_id: str, folder: str, title: str, also: Sequence[str] = ()) -> None:
+        # read back, drawn and stored in the child: this process need not wait for the store
+        self._cast("log_run_curves", run_id, folder, title, list(also))
+
+    def log_figure(self, run_id: str, drawer: str, data: Any, path: str) -> None:
+        # drawn in the child: matplotlib's import and the drawing stay off this process
+        self._cast("log_figure", run_id, drawer, data, path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self._cast("end_run", run_id, status)
+
+    def reopen_run(self, run_id: str) -> None:
+        self._cast("reopen_run", run_id)
+
+    def read_run(self, run_id: str) -> RunRecord | None:
+        return self._call("read_run", run_id)
+
+    def download_artifact(self, run_id: str, path: str, dst_dir: str | Path) -> Path | None:
+        found = self._call("download_artifact", run_id, path, str(dst_dir))
+        return None if found is None else Path(found)
+
+    def run_status(self, run_id: str) -> str | None:
+        return self._call("run_status", run_id)
+
+    def find_runs(self, tags: Mapping[str, str], status: str | None = None) -> list[tuple[str, dict[str, str]]]:
+        return self._call("find_runs", dict(tags), status)
+
+    def flush(self) -> None:
+        """Wait until every queued call is done.
+
+        Raises:
+            ServiceError: the first error the child met since the last flush.
+        """
+        self._call("ping")
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise ServiceError(f"tracking store {self.uri}: {errors[0]}{more}")
+
+    def close(self) -> None:
+        """Flush, then let the child exit. Safe to call twice."""
+        if self._proc is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._outbox.put(_STOP)
+            if self._sender is not None:
+                self._sender.join()
+            self._proc.wait()
+            if self._reader is not None:
+                self._reader.join()
+            self._proc = None
+
+
+# ------------------------------------------------------------------- the child
+
+
+class _Writer:
+    """The child's side: one MlflowTracker, pending ids mapped to real ones."""
+
+    def __init__(self) -> None:
+        self.tracker: MlflowTracker | None = None
+        self.ids: dict[str, str] = {}
+
+    def real(self, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(PENDING_PREFIX):
+            if value not in self.ids:
+                raise ServiceError(f"run {value} was never created (an earlier error)")
+            return self.ids[value]
+        return value
+
+    def handle(self, method: str, args: tuple, kwargs: dict) -> Any:
+        if method == "ping":
+            return None
+        if method == "open":
+            self.tracker = MlflowTracker(*args)
+            self.tracker.check()
+            return None
+        if self.tracker is None:
+            raise ServiceError("the tracking store is not open")
+        kwargs = {k: self.real(v) for k, v in kwargs.items()}
+        if method == "start_run":
+            handle, name = args  # the handle is the id being made, not one to look up
+            run_id = self.tracker.start_run(name, **kwargs)
+            self.ids[handle] = run_id
+            return run_id
+        args = tuple(self.real(a) for a in args)
+        if method == "log_artifact_files":
+            run_id, files = args
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="bpexp-artifacts-") as tmp:
+                for relative, data in files.items():
+                    target = Path(tmp, relative)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+                self.tracker.log_artifacts(run_id, tmp)
+            return None
+        if method == "download_artifact":
+            found = self.tracker.download_artifact(*args)
+            return None if found is None else str(found)
+        if method == "log_run_curves":
+            run_id, folder, title, also = args
+            return self.tracker.log_run_curves(run_id, folder, title, [self.real(other) for other in also])
+        if method in ("log_batch", "log_figure", "end_run", "reopen_run", "read_run", "run_status", "find_runs"):
+            return getattr(self.tracker, method)(*args, **kwargs)
+        raise ServiceError(f"unknown tracking call {method!r}")
+
+
+def main() -> int:
+    """The child: answer requests from stdin on stdout until end of file. Returns the exit code."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything else that prints must not corrupt the replies
+    writer = _Writer()
+    warned = 0
+    while True:
+        message = _receive(stdin)
+        if message is None:
+            # every request is answered and each write is committed as it is made: skip the
+            # interpreter's teardown of MLflow and SQLAlchemy (half a second the caller waits for)
+            sys.stderr.flush()
+            os._exit(0)
+        number, method, args, kwargs, reply = message
+        try:
+            value = writer.handle(method, args, kwargs)
+        except Exception as exc:  # the store failed: report it, keep serving
+            text = f"{method} failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]
+            if not reply and warned < MAX_WARNINGS:
+                warned += 1
+                more = "; further tracking errors are counted at the end" if warned == MAX_WARNINGS else ""
+                print(f"bpexp: warning: tracking: {text}{more}", file=sys.stderr, flush=True)
+            _send(stdout, (number, False, text))
+            continue
+        _send(stdout, (number, True, value if reply else None))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

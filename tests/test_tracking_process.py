@@ -1,0 +1,100 @@
+"""ProcessTracker: every call goes to a child process that owns the MLflow store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from bpexp.errors import ServiceError
+from bpexp.tracking import TAG_PARENT, make_tracker
+from bpexp.tracking_process import PENDING_PREFIX, ProcessTracker
+
+
+def test_writes_go_through_the_child_in_order_and_read_back(mlflow_sqlite_uri, tmp_path):
+    tracker = make_tracker(mlflow_sqlite_uri, "proc", process=True)
+    assert isinstance(tracker, ProcessTracker) and tracker.asynchronous
+    started = time.perf_counter()
+    tracker.check()
+    parent = tracker.start_run("parent")
+    child = tracker.start_run("child", parent_run_id=parent, tags={"bpexp.kind": "trial"})
+    queued = time.perf_counter() - started
+    assert parent.startswith(PENDING_PREFIX) and child.startswith(PENDING_PREFIX)
+    tracker.log_batch(child, metrics=[("loss", 1.0 / step, step) for step in range(1, 1501)], params={"lr": 0.1},
+                      tags={"bpexp.stop_reason": "max_epochs"})
+    folder = tmp_path / "artifacts"
+    (folder / "sub").mkdir(parents=True)
+    np.savez(folder / "weights.npz", w=np.arange(6.0))
+    (folder / "sub" / "note.txt").write_text("kept")
+    tracker.log_artifacts(child, folder)
+    for path in sorted(folder.rglob("*"), reverse=True):  # the caller may delete its folder at once
+        path.unlink() if path.is_file() else path.rmdir()
+    tracker.end_run(child, "FINISHED")
+    parent_id, child_id = tracker.resolve(parent), tracker.resolve(child)
+    tracker.close()
+    assert queued < 1.0  # nothing above waited for MLflow to load
+
+    client = MlflowClient(mlflow_sqlite_uri)
+    run = client.get_run(child_id)
+    assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.1"
+    assert run.data.tags[TAG_PARENT] == parent_id and run.data.tags["bpexp.stop_reason"] == "max_epochs"
+    assert len(client.get_metric_history(child_id, "loss")) == 1500  # past one batch's 1000
+    local = Path(client.download_artifacts(child_id, "", str(tmp_path / "dl")))
+    assert (local / "sub" / "note.txt").read_text() == "kept"
+    with np.load(local / "weights.npz", allow_pickle=False) as archive:
+        assert archive["w"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert client.get_run(parent_id).info.status == "RUNNING"
+
+
+def test_reads_wait_for_the_child_and_figures_are_drawn_there(mlflow_sqlite_uri, tmp_path):
+    from bpexp.config import config_from_dict
+    from bpexp.data import load_dataset
+    from bpexp.train import train
+
+    config = config_from_dict({"data": {"name": "iris"}, "train": {"max_epochs": 3}})
+    history = train(config, load_dataset(config.data, config.seed)).history
+    tracker = ProcessTracker(mlflow_sqlite_uri, "proc-read")
+    tracker.check()
+    run = tracker.start_run("r", tags={"bpexp.kind": "trial", "optuna.study_name": "s"})
+    tracker.log_figure(run, "bpexp.tracking:draw_curves", history, "plots/curves.png")
+    assert tracker.run_status(run) == "RUNNING"
+    assert [run_id for run_id, _ in tracker.find_runs({"optuna.study_name": "s"})] == [tracker.resolve(run)]
+    tracker.close()
+    client = MlflowClient(mlflow_sqlite_uri)
+    png = Path(client.download_artifacts(tracker.resolve(run), "plots/curves.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_write_is_reported_by_flush_and_the_child_keeps_serving(mlflow_sqlite_uri, capfd):
+    tracker = ProcessTracker(mlflow_sqlite_uri, "proc-fail")
+    tracker.check()
+    tracker.log_batch("0123456789abcdef0123456789abcdef", params={"x": 1})  # no such run
+    with pytest.raises(ServiceError, match="log_batch failed"):
+        tracker.flush()
+    run = tracker.start_run("after")  # the child is still there
+    assert len(tracker.resolve(run)) == 32
+    tracker.flush()  # the error was reported once
+    tracker.close()
+    assert "bpexp: warning: tracking: log_batch failed" in capfd.readouterr().err
+
+
+def test_an_unreachable_store_fails_in_check_before_any_child(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    tracker = ProcessTracker(f"sqlite:///{blocker}/sub/mlflow.db", "x")
+    started = time.perf_counter()
+    with pytest.raises(ServiceError, match="cannot create"):
+        tracker.check()
+    assert time.perf_counter() - started < 3 and tracker._proc is None
+    tracker.close()  # nothing to close: no error
+
+
+def test_pending_ids_resolve_to_themselves_on_a_synchronous_tracker(mlflow_sqlite_uri):
+    tracker = make_tracker(mlflow_sqlite_uri, "sync")
+    tracker.check()
+    run = tracker.start_run("s")
+    assert not tracker.asynchronous and tracker.resolve(run) == run == tracker.resolved(run)
+    tracker.end_run(run)
