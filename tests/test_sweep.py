@@ -468,8 +468,10 @@ def test_a_killed_sweep_resumes(tmp_path, _mlflow_template_db):
         "data": {"name": "digits"},
         "model": {"kind": "mlp", "hidden": [64]},
         "optim": {"lr": 0.1, "batch_size": 8},
-        "train": {"max_epochs": 40},  # trials of a second or so: long enough to be caught mid-way
-        "sweep": {"n_trials": 4, "pruner": "none", "space": {"optim.lr": {"low": 0.01, "high": 0.2, "log": True}}},
+        "schedule": {"name": "constant"},
+        "train": {"max_epochs": 300},  # trials of a second or so: long enough to be caught mid-way
+        # and enough of them to outlast the tracking process's start (a trial gets its run id once it exists)
+        "sweep": {"n_trials": 5, "pruner": "none", "space": {"optim.lr": {"low": 0.01, "high": 0.05, "log": True}}},
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -510,7 +512,7 @@ def test_a_killed_sweep_resumes(tmp_path, _mlflow_template_db):
     payload = json.loads(done.stdout)
     states = {t["number"]: t["state"] for t in payload["trials"]}
     assert states[killed_at] == "FAIL"
-    assert payload["counts"]["COMPLETE"] == 4
+    assert payload["counts"]["COMPLETE"] == 5
     after = optuna.load_study(study_name="iris-sweep", storage=journal(storage_path))
     assert {t.number: t.value for t in after.trials if t.number in kept} == kept
     retried = [t for t in after.trials if t.system_attrs.get("failed_trial") == killed_at]

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from bpexp.sweep import sweep_spec_from_dict
 from bpexp.sweep.storage import open_storage
-from bpexp.sweep.worker import ATTR_RUN_ID, ATTR_WORKER, reap_dead_trials
+from bpexp.sweep.worker import ATTR_RUN_ID, ATTR_WORKER, late_run_ids, reap_dead_trials, trial_run_id
 from bpexp.tracking import MlflowTracker
 
 SPEC = {
@@ -35,11 +35,19 @@ SPEC = {
 }
 
 
+EPOCHS, TRIALS = 150, 8  # trials of most of a second
+
+
 def test_two_machines_share_one_study_on_postgresql(tmp_path, pg_databases, mlflow_pg_uri):
     """Two `bpexp sweep` processes started at once on an empty study database, as two machines would."""
     storage = pg_databases("optuna")
     tracking = mlflow_pg_uri
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SPEC))
+    # trials long and many enough that the second process, which waits for the first one's
+    # setup (range of the study, parent run), still finds trials to run
+    spec = {**SPEC, "data": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [64]},
+            "optim": {"lr": 0.05, "batch_size": 8}, "train": {"max_epochs": EPOCHS},
+            "sweep": {**SPEC["sweep"], "n_trials": TRIALS, "space": {"optim.lr": {"low": 0.01, "high": 0.1, "log": True}}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     command = [sys.executable, "-m", "bpexp.cli", "sweep", "s.yaml", "--storage", storage, "--tracking-uri", tracking, "--json"]
     procs = [
         subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -54,7 +62,7 @@ def test_two_machines_share_one_study_on_postgresql(tmp_path, pg_databases, mlfl
 
     study = optuna.load_study(study_name="pg-sweep", storage=storage)
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 4 and len(states) == 4
+    assert states.count("COMPLETE") == TRIALS and len(states) == TRIALS
     pids = {t.user_attrs[ATTR_WORKER]["pid"] for t in study.trials}
     assert len(pids) == 2  # both processes ran trials
 
@@ -63,12 +71,13 @@ def test_two_machines_share_one_study_on_postgresql(tmp_path, pg_databases, mlfl
     runs = client.search_runs([experiment.experiment_id])
     parent = payloads[0]["parent_run_id"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
-    assert len(runs) == 5 and len(children) == 4
-    assert sorted(int(r.data.params["trial_number"]) for r in children) == list(range(4))
-    assert {r.info.run_id for r in children} == {t.user_attrs[ATTR_RUN_ID] for t in study.trials}
+    assert len(runs) == TRIALS + 1 and len(children) == TRIALS
+    assert sorted(int(r.data.params["trial_number"]) for r in children) == list(range(TRIALS))
+    late = late_run_ids(study.user_attrs)  # the ids the tracking process gave after a trial ended
+    assert {r.info.run_id for r in children} == {trial_run_id(t, late) for t in study.trials}
     for run in children:
         assert run.info.status == "FINISHED"
-        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == EPOCHS
     assert client.get_run(parent).info.status == "FINISHED"
 
 

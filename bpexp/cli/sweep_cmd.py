@@ -56,7 +56,8 @@ def sweep_command(
     sweep_spec = load_sweep_spec(spec)  # a bad spec stops here, before anything runs
     base = sweep_spec.base
     load_dataset(base.data, base.seed, dtype=base.model.dtype)  # so does bad data: nothing is written
-    tracker = tracker_from_options(tracking_uri, experiment, no_track, sweep_spec.base)  # fails fast
+    # fails fast; MLflow itself then loads in a helper process while the sweep trains
+    tracker = tracker_from_options(tracking_uri, experiment, no_track, sweep_spec.base, process=True)
     total = n_trials or sweep_spec.sweep.n_trials
     with DelayedProgress(f"sweep {study_name or sweep_spec.study_name}", total, delay=0.5) as bar:
 
@@ -64,16 +65,19 @@ def sweep_command(
             bar.total = target
             bar.update(finished, status)
 
-        outcome = run_sweep(
-            sweep_spec,
-            tracker,
-            storage=storage,
-            workers=workers,
-            n_trials=n_trials,
-            study_name=study_name,
-            progress=progress,
-            hooks=after_sweep_hooks(report=not no_report),
-        )
+        try:
+            outcome = run_sweep(
+                sweep_spec,
+                tracker,
+                storage=storage,
+                workers=workers,
+                n_trials=n_trials,
+                study_name=study_name,
+                progress=progress,
+                hooks=after_sweep_hooks(report=not no_report),
+            )
+        finally:
+            tracker.close()
     if as_json:
         click.echo(json.dumps(outcome.to_json(), allow_nan=False))
         return

@@ -326,7 +326,10 @@ def load_sweep(
         client, uri = _client(uri)
         parent = _get_run(client, parent_id, uri)
         runs = _child_runs(client, parent)
-    trials = [_trial_record(t, client, runs) for t in study.get_trials(deepcopy=False)]
+    from bpexp.sweep.worker import late_run_ids
+
+    late = late_run_ids(attrs)
+    trials = [_trial_record(t, client, runs, late) for t in study.get_trials(deepcopy=False)]
     space: dict[str, str] = {}
     import optuna
 
@@ -349,14 +352,15 @@ def load_sweep(
     )
 
 
-def _trial_record(trial, client, runs: dict[str, Any]) -> TrialRecord:
-    """One frozen Optuna trial (and its MLflow run, when found) as a record."""
+def _trial_record(trial, client, runs: dict[str, Any], late: dict[int, str] | None = None) -> TrialRecord:
+    """One frozen Optuna trial (and its MLflow run, when found) as a record (``late``: see
+    :func:`bpexp.sweep.worker.late_run_ids`)."""
     from bpexp.config import flatten
-    from bpexp.sweep.worker import ATTR_CONFIG, ATTR_DIAGNOSIS, ATTR_EPOCHS, ATTR_ERROR, ATTR_FINAL, ATTR_RUN_ID, ATTR_STOP_REASON
+    from bpexp.sweep.worker import ATTR_CONFIG, ATTR_DIAGNOSIS, ATTR_EPOCHS, ATTR_ERROR, ATTR_FINAL, ATTR_STOP_REASON, trial_run_id
 
     attrs = trial.user_attrs
     config = attrs.get(ATTR_CONFIG)
-    run_id = attrs.get(ATTR_RUN_ID)
+    run_id = trial_run_id(trial, late or {})
     run = runs.get(run_id) if run_id else None
     history: dict[str, Any] = {}
     if run is not None and client is not None:

@@ -34,16 +34,18 @@ from bpexp.sweep.search import grid_size
 from bpexp.sweep.spec import SweepSpec
 from bpexp.sweep.storage import exclusive, open_storage, probe_storage, resolve_storage
 from bpexp.sweep.worker import (
+    ATTR_PARENTS,
     ATTR_CONFIG,
     ATTR_DIAGNOSIS,
     ATTR_EPOCHS,
     ATTR_ERROR,
     ATTR_FINAL,
-    ATTR_RUN_ID,
     ATTR_STOP_REASON,
     TAG_STUDY,
     WorkerJob,
     close_unfinished_runs,
+    late_run_ids,
+    trial_run_id,
     quiet_optuna,
     reap_dead_trials,
     run_worker,
@@ -54,7 +56,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from bpexp.tracking import Tracker
 
-ATTR_PARENTS = "bpexp.parent_runs"  # study attr: tracking URI → parent run id
 ATTR_LR_FIND = "bpexp.lr_find"  # study attr: the range test of `lr: auto`
 ATTR_OBJECTIVES = "bpexp.objectives"
 ATTR_SPEC = "bpexp.spec"
@@ -163,8 +164,6 @@ def run_sweep(
         ConfigError: the stored study has other objectives than the spec, or the range
             test of ``lr: auto`` suggests no λ.
     """
-    import optuna
-
     started = time.perf_counter()
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1; got {workers}")
@@ -181,22 +180,52 @@ def run_sweep(
     quiet_optuna()
     name = spec.study_name
 
-    setup = exclusive(storage_url, f"setup-{name}")
+    # the other workers start loading now, while this process sets the sweep up
+    processes = WorkerProcesses(workers) if workers > 1 else None
     try:
-        with setup:
-            store = open_storage(storage_url, heartbeat_interval=spec.sweep.heartbeat_interval, grace_period=spec.sweep.grace_period)
-            study = optuna.create_study(
-                study_name=name, storage=store, directions=spec.sweep.directions, load_if_exists=True
-            )
-            _check_same_objectives(study, spec)
-            parent_run_id = _ensure_parent_run(study, spec, tracker)
+        return _sweep(spec, tracker, storage_url, workers, target, name, started, progress, hooks, processes)
+    finally:
+        if processes is not None:
+            processes.close()
+
+
+def _sweep(spec: SweepSpec, tracker: "Tracker", storage_url: str, workers: int, target: int, name: str, started: float,
+           progress: ProgressFn | None, hooks: Sequence[Callable[[SweepOutcome], None]],
+           processes: "WorkerProcesses | None") -> SweepOutcome:
+    import optuna
+
+    setup = exclusive(storage_url, f"setup-{name}")
+    released_later = None  # the thread that stores the parent's id and then releases the setup lock
+    setup.__enter__()
+    try:
+        store = open_storage(storage_url, heartbeat_interval=spec.sweep.heartbeat_interval, grace_period=spec.sweep.grace_period)
+        study = optuna.create_study(study_name=name, storage=store, directions=spec.sweep.directions, load_if_exists=True)
+        _check_same_objectives(study, spec)
+        parent_run_id = _ensure_parent_run(study, spec, tracker)
+        # the range test comes first: an asynchronous tracker opens its store meanwhile
+        auto, lr_find_run_id = _ensure_lr_auto(study, spec, tracker, parent_run_id) if spec.auto_lr else (None, None)
+        cleanup = None
+        if study.get_trials(deepcopy=False):  # a fresh study has no trial or run to clean up
             with exclusive(storage_url, f"slots-{name}"):
                 reap_dead_trials(study, store, tracker)
-            close_unfinished_runs(study, tracker)
-            auto = _ensure_lr_auto(study, spec, tracker, parent_run_id) if spec.auto_lr else None
+            # finding runs left RUNNING reads the store: with an asynchronous tracker that
+            # waits for it to open, so it goes on beside the trials instead of before them
+            cleanup = _in_background(close_unfinished_runs, study, tracker) if tracker.asynchronous else None
+            if cleanup is None:
+                close_unfinished_runs(study, tracker)
+        # The parent's id is stored before the setup lock is released, so that a process joining
+        # the study (another machine, another `bpexp sweep`) reuses this parent. A lone worker
+        # with an asynchronous tracker need not wait for it: a thread stores it once the tracking
+        # process has created the run, then releases the lock, while the trials start.
+        if tracker.asynchronous and parent_run_id is not None and tracker.resolved(parent_run_id) is None:
+            released_later = _in_background(_store_then_release, study, tracker, parent_run_id, setup)
+        else:
+            _store_run_ids(study, tracker, parent_run_id, None)
+            if parent_run_id is not None:
+                parent_run_id = tracker.resolve(parent_run_id)
     finally:
-        if hasattr(setup, "close"):
-            setup.close()
+        if released_later is None:
+            _release(setup)
 
     job = WorkerJob(
         spec=_raw_spec(spec),
@@ -224,17 +253,59 @@ def run_sweep(
         if workers == 1:
             run_worker(job, spec=spec, tracker=tracker, on_trial=report)
         else:
-            _run_processes(job, workers, report, spec, tracker)
+            assert processes is not None
+            processes.run(job, report, spec, tracker)
     except KeyboardInterrupt:
         interrupted = True
+    for thread in (cleanup, released_later):
+        if thread is not None:
+            thread.join()
+    _store_run_ids(study, tracker, parent_run_id, lr_find_run_id)
+    if parent_run_id is not None:
+        parent_run_id = tracker.resolve(parent_run_id)
     outcome = _summarise(study, spec, storage_url, tracker, parent_run_id, target, started, auto=auto)
     if tracker.uri is not None and parent_run_id is not None:
         _close_parent(study, spec, tracker, parent_run_id, outcome, interrupted)
+    try:
+        tracker.flush()  # the hooks (a report) read the store back
+    except Exception as exc:  # the study holds every result; say what the store lacks
+        print(f"bpexp: warning: some runs could not be recorded: {exc}", file=sys.stderr)
     if interrupted:
         raise KeyboardInterrupt
     for hook in hooks:
         hook(outcome)
     return outcome
+
+
+def _release(lock: Any) -> None:
+    try:
+        lock.__exit__(None, None, None)
+    finally:
+        if hasattr(lock, "close"):
+            lock.close()
+
+
+def _store_then_release(study: "optuna.Study", tracker: "Tracker", parent_run_id: str, setup: Any) -> None:
+    """Store the parent run's id once the tracker has it, then release the setup lock."""
+    try:
+        _store_run_ids(study, tracker, parent_run_id, None)
+    finally:
+        _release(setup)
+
+
+def _in_background(function: Callable[..., Any], *args: Any) -> Any:
+    """Run ``function(*args)`` in a daemon thread; an error in it becomes a warning. Returns the started thread."""
+    import threading
+
+    def run() -> None:
+        try:
+            function(*args)
+        except Exception as exc:
+            print(f"bpexp: warning: {function.__name__}: {exc}", file=sys.stderr)
+
+    thread = threading.Thread(target=run, name=f"bpexp-{function.__name__}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _raw_spec(spec: SweepSpec) -> dict[str, Any]:
@@ -281,6 +352,11 @@ def _ensure_parent_run(study: "optuna.Study", spec: SweepSpec, tracker: "Tracker
         return None
     parents = dict(study.user_attrs.get(ATTR_PARENTS) or {})
     run_id = parents.get(tracker.uri)
+    if run_id is not None and tracker.asynchronous:
+        # no waiting for the tracking process to open its store: setting RUNNING again is
+        # harmless on a running parent, and a parent deleted meanwhile is reported as a warning
+        tracker.reopen_run(run_id)
+        return run_id
     if run_id is not None:
         try:
             status = tracker.run_status(run_id)
@@ -308,20 +384,40 @@ def _ensure_parent_run(study: "optuna.Study", spec: SweepSpec, tracker: "Tracker
 
         Path(tmp, "sweep_spec.yaml").write_text(yaml.safe_dump(_raw_spec(spec), sort_keys=False))
         tracker.log_artifacts(run_id, tmp)
-    parents[tracker.uri] = run_id
-    study.set_user_attr(ATTR_PARENTS, parents)
+    if tracker.resolved(run_id) is not None:
+        parents[tracker.uri] = tracker.resolved(run_id)
+        study.set_user_attr(ATTR_PARENTS, parents)
+    # else _store_run_ids writes it once the tracking process has created the run
     return run_id
 
 
-def _ensure_lr_auto(study: "optuna.Study", spec: SweepSpec, tracker: "Tracker", parent_run_id: str | None) -> dict[str, float | None]:
+def _store_run_ids(study: "optuna.Study", tracker: "Tracker", parent_run_id: str | None, lr_find_run_id: str | None) -> None:
+    """Write the ids an asynchronous tracker gave late: the parent run's and the range test's (waits for them)."""
+    if tracker.uri is None:
+        return
+    parents = dict(study.user_attrs.get(ATTR_PARENTS) or {})
+    if parent_run_id is not None and tracker.uri not in parents:
+        parents[tracker.uri] = tracker.resolve(parent_run_id)
+        study.set_user_attr(ATTR_PARENTS, parents)
+    stored = study.user_attrs.get(ATTR_LR_FIND)
+    if lr_find_run_id is not None and isinstance(stored, dict) and stored.get("run_id") is None:
+        study.set_user_attr(ATTR_LR_FIND, {**stored, "run_id": tracker.resolve(lr_find_run_id)})
+
+
+def _ensure_lr_auto(study: "optuna.Study", spec: SweepSpec, tracker: "Tracker",
+                    parent_run_id: str | None) -> tuple[dict[str, float | None], str | None]:
     """Run the range test of ``lr: auto`` once per study; later workers and resumes reuse its suggestions.
+
+    Returns:
+        The suggestions (name → λ), and the range test's run id when it ran now and the
+        tracker has not yet given its real id (else None).
 
     Raises:
         ConfigError: when the range test suggests no max_lr (the message gives its reason).
     """
     stored = study.user_attrs.get(ATTR_LR_FIND)
     if stored is not None:
-        return {k: v.get("lr") for k, v in stored["suggestions"].items()}
+        return {k: v.get("lr") for k, v in stored["suggestions"].items()}, None
     from bpexp.lr_find import range_test
     from bpexp.tracking import log_lr_find
 
@@ -332,73 +428,91 @@ def _ensure_lr_auto(study: "optuna.Study", spec: SweepSpec, tracker: "Tracker", 
     )
     payload = result.to_dict()
     payload.pop("config", None)
-    payload["run_id"] = run_id if tracker.uri is not None else None
+    payload["run_id"] = tracker.resolved(run_id) if tracker.uri is not None else None
     max_lr = result.suggestions.get("max_lr")
     if max_lr is None or max_lr.lr is None:
         reason = max_lr.reason if max_lr is not None else "no max_lr suggestion"
         raise ConfigError(f"sweep.space.lr: auto: the range test gives no max_lr ({reason}); search optim.lr with a range instead")
     study.set_user_attr(ATTR_LR_FIND, json_safe(payload))
-    return {k: s.lr for k, s in result.suggestions.items()}
+    late = run_id if tracker.uri is not None and payload["run_id"] is None else None
+    return {k: s.lr for k, s in result.suggestions.items()}, late
 
 
-def _run_processes(job: WorkerJob, workers: int, report: Callable[..., None], spec: SweepSpec, tracker: "Tracker") -> None:
-    """Run ``workers`` workers on this machine: this process and ``workers - 1`` worker processes.
+class WorkerProcesses:
+    """The ``workers - 1`` worker processes of ``--workers N``, started before the sweep's setup.
 
-    This process is one of the workers (its imports are already paid for); the
-    others start with their BLAS threads limited through the environment, set before
-    numpy loads, and this process limits its own with threadpoolctl, so that the
-    workers together use one thread per core.
+    They load numpy, Optuna and bpexp while this process opens the study and runs the
+    range test, then wait for their job file; :meth:`run` writes it and runs this
+    process's own worker beside them. Their BLAS threads are limited through the
+    environment, set before numpy loads, and this process limits its own with
+    threadpoolctl, so that the workers together use one thread per core.
     """
-    from threadpoolctl import threadpool_limits
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    env = dict(os.environ)
-    for var in THREAD_VARS:
-        given = env.get(var, "")
-        env[var] = str(min(threads, int(given))) if given.isdigit() and int(given) > 0 else str(threads)
-    procs: list[tuple[subprocess.Popen, Path]] = []
-    with tempfile.TemporaryDirectory(prefix="bpexp-workers-") as tmp:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self._tmp = tempfile.TemporaryDirectory(prefix="bpexp-workers-")
+        env = dict(os.environ)
+        for var in THREAD_VARS:
+            given = env.get(var, "")
+            env[var] = str(min(self.threads, int(given))) if given.isdigit() and int(given) > 0 else str(self.threads)
+        self.procs: list[tuple[subprocess.Popen, Path, Path]] = []
+        for index in range(1, workers):
+            job_path = Path(self._tmp.name, f"job-{index}.json")
+            log_path = Path(self._tmp.name, f"worker-{index}.log")
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "bpexp.sweep.worker", str(job_path)],
+                    env=env, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
+                )
+            self.procs.append((proc, job_path, log_path))
+
+    def run(self, job: WorkerJob, report: Callable[..., None], spec: SweepSpec, tracker: "Tracker") -> None:
+        """Hand every process its job, run a worker here too, and wait for them all."""
+        from threadpoolctl import threadpool_limits
+
         try:
-            for index in range(1, workers):
-                job_path = Path(tmp, f"job-{index}.json")
-                worker_job = WorkerJob(**{**asdict(job), "worker_index": index})
-                job_path.write_text(worker_job.to_json())
-                log_path = Path(tmp, f"worker-{index}.log")
-                with open(log_path, "wb") as log:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "bpexp.sweep.worker", str(job_path)],
-                        env=env,
-                        stdout=subprocess.DEVNULL,
-                        stderr=log,
-                        stdin=subprocess.DEVNULL,
-                    )
-                procs.append((proc, log_path))
-            with threadpool_limits(limits=threads):
+            for index, (_, job_path, _) in enumerate(self.procs, start=1):
+                partial = job_path.with_suffix(".part")
+                # a pending parent id means nothing to another process: it reads the id from the study
+                pending = tracker.resolved(job.parent_run_id) is None if job.parent_run_id is not None else False
+                partial.write_text(WorkerJob(**{**asdict(job), "worker_index": index, "parent_from_study": pending}).to_json())
+                partial.rename(job_path)  # the worker sees the whole file or none
+            with threadpool_limits(limits=self.threads):
                 run_worker(job, spec=spec, tracker=tracker, on_trial=report)
-            while any(proc.poll() is None for proc, _ in procs):
+            while any(proc.poll() is None for proc, _, _ in self.procs):
                 time.sleep(0.5)
                 report()
         except KeyboardInterrupt:
-            for proc, _ in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc, _ in procs:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            self.stop()
             raise
-        for index, (proc, log_path) in enumerate(procs, start=1):
+        for index, (proc, _, log_path) in enumerate(self.procs, start=1):
             if proc.returncode != 0:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
                 print(f"bpexp: warning: sweep worker {index} exited with {proc.returncode}: " + " | ".join(tail), file=sys.stderr)
+
+    def stop(self) -> None:
+        """Terminate the processes still running (their trials end FAILED, their runs KILLED)."""
+        for proc, _, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _, _ in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def close(self) -> None:
+        """Stop what still runs and remove the job files."""
+        self.stop()
+        self._tmp.cleanup()
 
 
 # ------------------------------------------------------------------------- summary
 
 
-def trial_summary(trial: "optuna.trial.FrozenTrial") -> TrialSummary:
-    """A frozen trial as a :class:`TrialSummary`."""
+def trial_summary(trial: "optuna.trial.FrozenTrial", late: dict[int, str] | None = None) -> TrialSummary:
+    """A frozen trial as a :class:`TrialSummary` (``late``: see :func:`~bpexp.sweep.worker.late_run_ids`)."""
     values = list(trial.values) if trial.values is not None else None
     diagnosis = [str(f.get("mode")) for f in trial.user_attrs.get(ATTR_DIAGNOSIS) or [] if isinstance(f, dict)]
     return TrialSummary(
@@ -410,7 +524,7 @@ def trial_summary(trial: "optuna.trial.FrozenTrial") -> TrialSummary:
         diagnosis=diagnosis,
         stop_reason=trial.user_attrs.get(ATTR_STOP_REASON),
         epochs=trial.user_attrs.get(ATTR_EPOCHS),
-        run_id=trial.user_attrs.get(ATTR_RUN_ID),
+        run_id=trial_run_id(trial, late or {}),
         error=trial.user_attrs.get(ATTR_ERROR) if trial.state.name == "FAIL" else None,
     )
 
@@ -427,6 +541,7 @@ def _summarise(
     auto: dict | None,
 ) -> SweepOutcome:
     trials = study.get_trials(deepcopy=False)
+    late = late_run_ids(study.user_attrs)
     counts = Counter(t.state.name for t in trials)
     finished = counts["COMPLETE"] + counts["PRUNED"]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
@@ -448,8 +563,8 @@ def _summarise(
         n_trials=target,
         finished=finished >= target and counts["RUNNING"] == 0,
         counts={state: counts[state] for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
-        best=[trial_summary(t) for t in best],
-        trials=[trial_summary(t) for t in trials],
+        best=[trial_summary(t, late) for t in best],
+        trials=[trial_summary(t, late) for t in trials],
         diagnosis_counts=dict(sorted(diagnosis.items())),
         lr_find=study.user_attrs.get(ATTR_LR_FIND),
         seconds=time.perf_counter() - started,
@@ -509,21 +624,5 @@ def _close_parent(
 
 def _draw_best_curves(tracker: "Tracker", trial: TrialSummary, parent_run_id: str, title: str) -> None:
     """Draw curves.png of a best trial from its history.json, into its own run and the parent's ``best_trial_<n>/``."""
-    from bpexp.tracking import draw_curves
-    from bpexp.train import History
-
-    if not trial.run_id:
-        return
-    with tempfile.TemporaryDirectory(prefix="bpexp-best-") as tmp:
-        try:
-            local = tracker.download_artifact(trial.run_id, "history.json", Path(tmp, "dl"))
-        except Exception:  # the run lives in another tracking store
-            return
-        if local is None:
-            return
-        history = History.from_dict(json.loads(Path(local).read_text()))
-        out = Path(tmp, "out", f"best_trial_{trial.number}")
-        out.mkdir(parents=True)
-        draw_curves(history, out / "curves.png", title)
-        tracker.log_artifacts(trial.run_id, out)
-        tracker.log_artifacts(parent_run_id, out.parent)
+    if trial.run_id:
+        tracker.log_run_curves(trial.run_id, f"best_trial_{trial.number}", title, also=[parent_run_id])

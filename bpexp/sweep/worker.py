@@ -54,6 +54,11 @@ ATTR_EPOCHS = "bpexp.epochs"
 ATTR_DIAGNOSIS = "bpexp.diagnosis"
 ATTR_FINAL = "bpexp.final"
 ATTR_CONFIG = "bpexp.config"
+ATTR_LATE_RUN_IDS = "bpexp.run_ids."
+"""Study attr prefix, one key per worker process: trial number → MLflow run id, for the trials
+whose run the tracking process had not yet created when they ended (see :func:`late_run_ids`)."""
+ATTR_PARENTS = "bpexp.parent_runs"
+"""Study attr: tracking URI → the sweep's parent run id in that store."""
 TAG_STUDY = "optuna.study_name"
 TAG_TRIAL = "optuna.trial_number"
 
@@ -72,6 +77,8 @@ class WorkerJob:
     n_trials: int
     worker_index: int = 0
     seed_offset: int = 0
+    parent_from_study: bool = False
+    """True when ``parent_run_id`` was not known yet: read it from the study's ATTR_PARENTS."""
 
     def to_json(self) -> str:
         """The job as a JSON document."""
@@ -284,6 +291,32 @@ class DatasetCache:
         return self._cache[key]
 
 
+class BlasShare:
+    """One BLAS thread fewer for a worker whose runs a tracking process writes beside it.
+
+    OpenBLAS threads wait for each other by spinning, so a product whose second thread
+    shares a core with the tracking process waits for it: on the 2-core digits sweep
+    training took 35 % longer. With one thread fewer it takes 10 % longer (the second
+    thread helps the evaluations). Following the tracking process's bursts instead
+    (all threads while it idles) measured worse again: 12.0-12.7 s against 10.3 s.
+    """
+
+    def __init__(self, tracker: "Tracker") -> None:
+        self._libs: list[Any] = []
+        if tracker.asynchronous:
+            from threadpoolctl import ThreadpoolController
+
+            self._libs = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers if lib.num_threads > 1]
+        self._full = [lib.num_threads for lib in self._libs]
+        for lib, full in zip(self._libs, self._full):
+            lib.set_num_threads(full - 1)
+
+    def restore(self) -> None:
+        """Give back every thread."""
+        for lib, full in zip(self._libs, self._full):
+            lib.set_num_threads(full)
+
+
 class Recorder:
     """Writes finished trials' runs in a background thread, in order, while the next trial trains.
 
@@ -331,11 +364,15 @@ def run_trial(
     auto: dict[str, float | None] | None,
     datasets: DatasetCache,
     recorder: Recorder | None = None,
+    late: dict[int, str] | None = None,
+    runs: list[str] | None = None,
 ) -> str:
     """Run one claimed trial: params → train → ``study.tell`` → write its run.
 
     With a ``recorder`` the run of a finished or pruned trial is written in its
-    background thread. Returns the trial's final state name.
+    background thread. With an asynchronous tracker, a run id not yet known when the
+    trial ends is put in ``late`` (trial number → pending id). The run id is appended to
+    ``runs`` when given. Returns the trial's final state name.
 
     Raises:
         KeyboardInterrupt: after telling the trial FAIL and ending its run KILLED.
@@ -352,8 +389,25 @@ def run_trial(
         parent_run_id=parent_run_id,
         tags={TAG_KIND: "trial", TAG_STUDY: spec.study_name, TAG_TRIAL: str(number)},
     )
-    if tracker.uri is not None:
-        trial.set_user_attr(ATTR_RUN_ID, run_id)
+    if runs is not None:
+        runs.append(run_id)
+
+    recorded: list[bool] = []
+
+    def record_run_id(final: bool = True) -> None:
+        # as soon as the id is known (a dead worker's run is found through it), at the latest
+        # before the trial is told; an id the tracking process has not produced by then goes
+        # to the worker's late list (late_run_ids) instead
+        if tracker.uri is None or recorded:
+            return
+        known = tracker.resolved(run_id)
+        if known is not None:
+            trial.set_user_attr(ATTR_RUN_ID, known)
+            recorded.append(True)
+        elif final and late is not None:
+            late[number] = run_id
+
+    record_run_id(final=False)
     history_box: dict[str, Any] = {}
     logger = EpochLogger(tracker, run_id)
     prune = not section.multi_objective and section.pruner.name != "none"
@@ -362,6 +416,7 @@ def run_trial(
     def on_epoch(epoch: int, history: Any) -> None:
         history_box["history"] = history
         logger(epoch, history)
+        record_run_id(final=False)
         if prune:
             trial.report(intermediate_value(objective, history, section.target_accuracy), epoch)
             if trial.should_prune():
@@ -388,6 +443,7 @@ def run_trial(
         trial.set_user_attr(ATTR_EPOCHS, result.epochs)
         trial.set_user_attr(ATTR_DIAGNOSIS, _json_safe(diagnosis))
         trial.set_user_attr(ATTR_FINAL, {k: (v if v is not None and math.isfinite(v) else None) for k, v in result.final.items()})
+        record_run_id()
         _tell(study, trial, values if section.multi_objective else values[0])
         later(lambda: _write_complete(tracker, run_id, number, result, findings, values, section, logger))
         return "COMPLETE"
@@ -396,14 +452,18 @@ def run_trial(
         epochs = len(history.epoch) if history is not None else 0
         trial.set_user_attr(ATTR_STOP_REASON, "pruned")
         trial.set_user_attr(ATTR_EPOCHS, epochs)
+        record_run_id()
         _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
         later(lambda: _write_pruned(tracker, run_id, number, history, config, logger))
         return "PRUNED"
     except (KeyboardInterrupt, SystemExit):
+        record_run_id()
         _fail(study, trial, tracker, run_id, "interrupted", status="KILLED")
         raise
     except Exception as exc:  # the trial raised: record it, keep sweeping
         message = f"{type(exc).__name__}: {exc}"
+        if tracker.asynchronous:
+            record_run_id()
         try:
             params = {**config_params(config), "trial_number": number} if config is not None else {"trial_number": number}
             tracker.log_batch(run_id, params=params, tags={TAG_ERROR: message})
@@ -552,8 +612,10 @@ def run_worker(
 
     quiet_optuna()
     spec = spec or sweep_spec_from_dict(job.spec, source=job.source)
+    own_tracker = tracker is None
     if tracker is None:
-        tracker = make_tracker(job.tracking.get("uri"), job.tracking.get("experiment"), enabled=job.tracking.get("enabled", True))
+        tracker = make_tracker(job.tracking.get("uri"), job.tracking.get("experiment"), enabled=job.tracking.get("enabled", True),
+                               process=job.tracking.get("process", False))
     storage = open_storage(job.storage, heartbeat_interval=spec.sweep.heartbeat_interval, grace_period=spec.sweep.grace_period)
     target = job.n_trials
     size = grid_size(spec)
@@ -561,9 +623,16 @@ def run_worker(
         target = min(target, size)
     seed = spec.sweep.seed + 7919 * job.worker_index + job.seed_offset  # distinct per worker and per restart
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=make_sampler(spec, seed), pruner=make_pruner(spec))
+    # a worker started while the sweep's parent run was being created reads its id from the
+    # study once it is there; runs it started before that get their parent tag then
+    parent_run_id = None if job.parent_from_study else job.parent_run_id
+    orphans: list[str] = []
     slots = exclusive(job.storage, f"slots-{job.study_name}")
     datasets = DatasetCache()
-    recorder = Recorder() if tracker.uri is not None else None  # nothing to overlap without a store
+    # nothing to overlap without a store, and an asynchronous tracker overlaps by itself
+    recorder = Recorder() if tracker.uri is not None and not tracker.asynchronous else None
+    late: dict[int, str] = {}
+    blas = BlasShare(tracker)
     stats = WorkerStats()
     me = identity()
     max_failures = max_failures if max_failures is not None else max(3, target)
@@ -582,11 +651,20 @@ def run_worker(
                     # a retried trial inherits the failed one's user attrs: clear what no longer holds
                     if trial.user_attrs.get(stale) is not None:
                         trial.set_user_attr(stale, None)
+            if job.parent_from_study and parent_run_id is None and tracker.uri is not None:
+                parent_run_id = (study.user_attrs.get(ATTR_PARENTS) or {}).get(tracker.uri)
+                _adopt(tracker, orphans, parent_run_id)
+            runs: list[str] = []
             state = run_trial(
                 study, storage, trial, spec, tracker,
-                parent_run_id=job.parent_run_id, auto=job.auto, datasets=datasets, recorder=recorder,
+                parent_run_id=parent_run_id, auto=job.auto, datasets=datasets, recorder=recorder, late=late, runs=runs,
             )
+            if parent_run_id is None and job.parent_from_study:
+                orphans.extend(runs)
             stats.trials.append(trial.number)
+            if late and all(tracker.resolved(pending) is not None for pending in late.values()):
+                store_late_run_ids(study, tracker, late, me)  # the tracking process caught up: write them now
+                late.clear()
             if state == "COMPLETE":
                 stats.complete += 1
             elif state == "PRUNED":
@@ -597,17 +675,106 @@ def run_worker(
                 on_trial(state)
             if stats.failed >= max_failures:
                 break
+        if orphans and tracker.uri is not None:
+            _adopt(tracker, orphans, wait_for_parent(study, tracker.uri))
     finally:
+        blas.restore()
         if recorder is not None:
             recorder.close()  # every finished trial is written and told before the worker ends
         closer = getattr(slots, "close", None)
         if closer is not None:
             closer()
+        try:
+            store_late_run_ids(study, tracker, late, me)
+        finally:
+            if own_tracker:
+                tracker.close()
     return stats
+
+
+def store_late_run_ids(study: "optuna.Study", tracker: "Tracker", late: dict[int, str], worker: dict[str, Any]) -> None:
+    """Write the run ids of ``late`` (trial number → pending id) as one study attr for this worker.
+
+    Waits for the tracking process to create the runs. A run it could not create is
+    left out (its trial's run is then found by its tags, if at all).
+    """
+    if not late or tracker.uri is None:
+        return
+    ids = {}
+    for number, pending in late.items():
+        try:
+            ids[str(number)] = tracker.resolve(pending)
+        except Exception:
+            continue
+    key = f"{ATTR_LATE_RUN_IDS}{worker.get('host')}.{worker.get('pid')}.{worker.get('started')}"
+    known = dict(study.user_attrs.get(key) or {})
+    known.update(ids)
+    study.set_user_attr(key, known)
+
+
+def late_run_ids(study_attrs: dict[str, Any]) -> dict[int, str]:
+    """Trial number → run id from every worker's late list (see :func:`store_late_run_ids`)."""
+    ids: dict[int, str] = {}
+    for key, value in study_attrs.items():
+        if key.startswith(ATTR_LATE_RUN_IDS) and isinstance(value, dict):
+            ids.update((int(number), str(run_id)) for number, run_id in value.items())
+    return ids
+
+
+def trial_run_id(trial: "optuna.trial.FrozenTrial", late: dict[int, str]) -> str | None:
+    """The MLflow run id of a trial: its own attr, else the workers' late lists."""
+    return trial.user_attrs.get(ATTR_RUN_ID) or late.get(trial.number)
+
+
+def _adopt(tracker: "Tracker", runs: list[str], parent_run_id: str | None) -> None:
+    """Tag ``runs`` as children of ``parent_run_id`` (MLflow nests runs by that tag) and forget them."""
+    if parent_run_id is None or not runs:
+        return
+    from bpexp.tracking import TAG_PARENT
+
+    for run_id in runs:
+        tracker.set_tags(run_id, {TAG_PARENT: parent_run_id})
+    runs.clear()
+
+
+def wait_for_parent(study: "optuna.Study", uri: str, timeout: float = 300.0) -> str | None:
+    """The sweep's parent run id in ``uri``, once the process that set the sweep up has stored it.
+
+    Returns:
+        The id, or None if it was not stored within ``timeout`` seconds (trials then get no parent).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parent = (study.user_attrs.get(ATTR_PARENTS) or {}).get(uri)
+        if parent:
+            return parent
+        time.sleep(0.1)
+    _warn(f"the sweep's parent run was not recorded within {timeout:.0f} s; trial runs get no parent")
+    return None
 
 
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+JOB_WAIT_S = 600.0
+"""How long a worker started ahead of its job waits for the job file (the sweep's setup)."""
+
+
+def _wait_for_job(path: Path, parent: int) -> str | None:
+    """The job file's text once it exists; None if the starting process ends first or it never comes."""
+    import time
+
+    deadline = time.monotonic() + JOB_WAIT_S
+    while time.monotonic() < deadline:
+        if path.exists():
+            return path.read_text()
+        if os.getppid() != parent:
+            return None  # the sweep that started this worker is gone
+        time.sleep(0.05)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -617,7 +784,23 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bpexp.sweep.worker JOB.json", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)  # a terminated worker fails its trial and ends its run KILLED
-    job = WorkerJob.from_json(Path(argv[0]).read_text())
+    path = Path(argv[0])
+    if not path.exists():
+        # started ahead of its job, while the sweep sets up: load what every trial needs meanwhile
+        import optuna  # noqa: F401
+
+        import bpexp.tracking  # noqa: F401
+        import bpexp.train  # noqa: F401
+
+        try:
+            text = _wait_for_job(path, os.getppid())
+        except KeyboardInterrupt:
+            return 130
+        if text is None:
+            return 0
+    else:
+        text = path.read_text()
+    job = WorkerJob.from_json(text)
     try:
         stats = run_worker(job)
     except KeyboardInterrupt:
