@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"trial": trial.number, "epochs": result.epochs, "stop_reason": result.stop_reason,
                          "stop_loss": config.train.stop_loss, "train_ms": 1e3 * train_cpu, "diagnosis_ms": 1e3 * diagnosis_cpu,
                          "share": diagnosis_cpu / train_cpu if train_cpu > 0 else float("nan"),
-                         "checks": sorted(findings.check_cpu_seconds), "found": [f.mode for f in findings]})
+                         "checks": sorted(findings.check_cpu_seconds), "found": [f.mode for f in findings],
+                         "check_ms": {k: round(1e3 * v, 1) for k, v in findings.check_cpu_seconds.items()}})
 
     shares = sorted(r["share"] for r in rows)
     summary = {
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in sorted(rows, key=lambda r: -r["share"])[:5]:
         print(f"  trial {row['trial']:3d}: {row['diagnosis_ms']:6.1f} ms of diagnosis for {row['train_ms']:6.1f} ms of training "
               f"({100 * row['share']:.0f} %), {row['epochs']} epochs, {row['stop_reason']}, stop_loss {row['stop_loss']}, "
-              f"checks {', '.join(row['checks']) or 'none'}, found {', '.join(row['found']) or 'none'}")
+              f"checks {', '.join(f'{k} {v} ms' for k, v in row['check_ms'].items()) or 'none'}, found {', '.join(row['found']) or 'none'}")
     return 0
 
 
