@@ -214,9 +214,10 @@ def _sweep(spec: SweepSpec, tracker: "Tracker", storage_url: str, workers: int, 
             if cleanup is None:
                 close_unfinished_runs(study, tracker)
         # The parent's id is stored before the setup lock is released, so that a process joining
-        # the study (another machine, another `bpexp sweep`) reuses this parent. A lone worker
-        # with an asynchronous tracker need not wait for it: a thread stores it once the tracking
-        # process has created the run, then releases the lock, while the trials start.
+        # the study (another machine, another `bpexp sweep`) reuses this parent. With an
+        # asynchronous tracker the trials need not wait for it: a thread stores it once the
+        # tracking process has created the run, then releases the lock. This process's worker
+        # uses the pending id; worker processes read the real one from the study.
         if tracker.asynchronous and parent_run_id is not None and tracker.resolved(parent_run_id) is None:
             released_later = _in_background(_store_then_release, study, tracker, parent_run_id, setup)
         else:
