@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import signal
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import click
+
+from bpexp.cli.display import fmt
 
 BATCH_HELP = "A batch file: a name and a list of experiments (kind train, lr_find or sweep, each with a spec)."
 
@@ -231,26 +232,19 @@ def status_command(batch: str | None, limit: int, tracking_uri: str | None, stor
 # --------------------------------------------------------------------------- output
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
 
 def _result(summary: dict[str, Any]) -> str:
     if not summary:
         return ""
     if "best_value" in summary:
         counts = summary.get("counts") or {}
-        text = f"best {summary.get('objective')} {_fmt(summary.get('best_value'))} (trial {_fmt(summary.get('best_trial'))}); "
+        text = f"best {summary.get('objective')} {fmt(summary.get('best_value'))} (trial {fmt(summary.get('best_trial'))}); "
         return text + f"{counts.get('COMPLETE', 0)} complete, {counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed"
     if "val_accuracy" in summary:
         diagnosis = ", ".join(summary.get("diagnosis") or []) or "healthy"
-        return f"{summary.get('stop_reason')} after {summary.get('epochs')} epochs, val acc {_fmt(summary.get('val_accuracy'))}; {diagnosis}"
+        return f"{summary.get('stop_reason')} after {summary.get('epochs')} epochs, val acc {fmt(summary.get('val_accuracy'))}; {diagnosis}"
     if "max_lr" in summary:
-        return f"base_lr {_fmt(summary.get('base_lr'))}, max_lr {_fmt(summary.get('max_lr'))} ({summary.get('stop_reason')})"
+        return f"base_lr {fmt(summary.get('base_lr'))}, max_lr {fmt(summary.get('max_lr'))} ({summary.get('stop_reason')})"
     return ""
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from bpexp.cli.display import fmt
+
 from bpexp.cli.tracking_options import tracker_from_options, tracking_options
 
 
@@ -96,13 +98,6 @@ def after_sweep_hooks(report: bool = True) -> list:
     return [report_after_sweep]
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
 
 def print_summary(outcome: Any, top: int = 5) -> None:
     """The best trials and the diagnosis counts as a short table (stdout)."""
@@ -139,8 +134,8 @@ def print_summary(outcome: Any, top: int = 5) -> None:
         values = trial.values if trial.values is not None else [trial.value]
         table.add_row(
             str(trial.number),
-            *[_fmt(v) for v in values],
-            *[_fmt(trial.params.get(k)) for k in keys],
+            *[fmt(v) for v in values],
+            *[fmt(trial.params.get(k)) for k in keys],
             trial.stop_reason or "-",
             ", ".join(trial.diagnosis) or "healthy",
         )

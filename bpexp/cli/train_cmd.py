@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 
 import click
+
+from bpexp.cli.display import fmt
 
 from bpexp.cli.options import config_from_options, spec_options
 from bpexp.cli.progress import DelayedProgress
@@ -103,13 +104,6 @@ def train_command(
     _print_summary(payload)
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else str(value)
-    return str(value)
-
 
 def _print_summary(payload: dict) -> None:
     from rich.console import Console
@@ -129,10 +123,10 @@ def _print_summary(payload: dict) -> None:
     table = Table(show_header=True, header_style="bold")
     for column in ("split", "loss", "accuracy"):
         table.add_column(column)
-    table.add_row("train", _fmt(final["train_loss"]), _fmt(final["train_accuracy"]))
-    table.add_row("val", _fmt(final["val_loss"]), _fmt(final["val_accuracy"]))
+    table.add_row("train", fmt(final["train_loss"], ".4f"), fmt(final["train_accuracy"], ".4f"))
+    table.add_row("val", fmt(final["val_loss"], ".4f"), fmt(final["val_accuracy"], ".4f"))
     if final.get("test_accuracy") is not None:
-        table.add_row("test", _fmt(final["test_loss"]), _fmt(final["test_accuracy"]))
+        table.add_row("test", fmt(final["test_loss"], ".4f"), fmt(final["test_accuracy"], ".4f"))
     console.print(table)
     _print_findings(console, payload.get("diagnosis") or [])
 
@@ -189,7 +183,7 @@ def _print_before_after(first: dict, second: dict) -> None:
         modes = ", ".join(f["mode"] for f in payload.get("diagnosis") or []) or "healthy"
         console.print(
             f"{label:>6}: {modes}; stopped by {payload['stop_reason']} after {payload['epochs']} epochs, "
-            f"val accuracy {_fmt(payload['final']['val_accuracy'])}"
+            f"val accuracy {fmt(payload['final']['val_accuracy'], '.4f')}"
         )
 
 
