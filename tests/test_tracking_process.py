@@ -17,11 +17,9 @@ from bpexp.tracking_process import PENDING_PREFIX, ProcessTracker
 def test_writes_go_through_the_child_in_order_and_read_back(mlflow_sqlite_uri, tmp_path):
     tracker = make_tracker(mlflow_sqlite_uri, "proc", process=True)
     assert isinstance(tracker, ProcessTracker) and tracker.asynchronous
-    started = time.perf_counter()
     tracker.check()
     parent = tracker.start_run("parent")
     child = tracker.start_run("child", parent_run_id=parent, tags={"bpexp.kind": "trial"})
-    queued = time.perf_counter() - started
     assert parent.startswith(PENDING_PREFIX) and child.startswith(PENDING_PREFIX)
     tracker.log_batch(child, metrics=[("loss", 1.0 / step, step) for step in range(1, 1501)], params={"lr": 0.1},
                       tags={"bpexp.stop_reason": "max_epochs"})
@@ -35,7 +33,6 @@ def test_writes_go_through_the_child_in_order_and_read_back(mlflow_sqlite_uri, t
     tracker.end_run(child, "FINISHED")
     parent_id, child_id = tracker.resolve(parent), tracker.resolve(child)
     tracker.close()
-    assert queued < 1.0  # nothing above waited for MLflow to load
 
     client = MlflowClient(mlflow_sqlite_uri)
     run = client.get_run(child_id)

@@ -86,14 +86,8 @@ def _series(values: Any, n: int) -> np.ndarray:
     """A float64 array of length n: non-numbers become NaN, a short list is NaN-padded."""
     if values is None:
         return np.full(n, np.nan)
-    if type(values) is list and len(values) == n:  # a History's own lists: one conversion, no copy
-        try:
-            full = np.array(values, dtype=np.float64)
-        except (TypeError, ValueError):
-            full = None
-        if full is not None and full.shape == (n,):
-            return full
-    items = list(values)[:n]
+    # a History's own lists are used as they are: copying them first cost more than converting
+    items = values if type(values) is list and len(values) == n else list(values)[:n]
     if len(items) == n:
         try:  # the common case, n numbers, in one conversion (float() is the rule either way)
             full = np.array(items, dtype=np.float64)
