@@ -166,6 +166,11 @@ POSITIVE: tuple[Case, ...] = (
          "batch-1 SGD at constant λ hovers above the optimum; stop_loss = 1.1 × the optimum's loss"),
     Case("stop_below_floor", frozenset({"non_convergence"}), _stop_below_floor,
          "stop_loss = half the cross-entropy at the optimum of the objective: unreachable by construction"),
+    Case("val_floor_mlp", frozenset({"non_convergence"}),
+         _fixed({"data": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [256], "l2": 1e-4},
+                 "optim": {"lr": 0.05, "batch_size": 16}, "train": {"max_epochs": 60, "stop_on": "val", "stop_loss": 0.01}}),
+         "stop_loss 0.01 on the validation loss: a misclassified sample costs ≥ ln 2, so it needs < 1.5 % validation "
+         "errors, and a digits MLP makes more"),
     Case("sorted_overlap", frozenset({"bad_ordering"}),
          _fixed({"data": {"name": "blobs", "params": {"centers": OVERLAP_CENTERS, "cluster_std": 1.5}, "order": "sorted"},
                  "optim": {"lr": 0.1, "batch_size": 1}, "train": {"max_epochs": 30}}),

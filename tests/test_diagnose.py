@@ -693,6 +693,22 @@ def test_non_convergence_of_a_full_batch_run_needs_no_polish():
     assert det.non_convergence(view(make_history(loss, initial_loss=2.3), below), phys, {}) is None
 
 
+@pytest.mark.parametrize("train_end,found", [(0.004, True), (0.09, False)])
+def test_non_convergence_on_validation_needs_no_polish_once_training_meets_stop_loss(train_end, found):
+    # stop_on: val, the validation loss settled at 0.15 over stop_loss 0.07: a training loss already
+    # below 0.07 leaves only the generalisation gap; above it, the polish decides (0.5 vetoes)
+    val = list(0.15 + 2.1 * np.exp(-np.arange(60) / 3))
+    train_loss = list(train_end + 2.2 * np.exp(-np.arange(60) / 3))
+    config = cfg(**{"train.stop_on": "val", "train.stop_loss": 0.07, "train.max_epochs": 60})
+    v = view(make_history(train_loss, val_loss=val, initial_loss=2.3), config)
+    result = det.non_convergence(v, FakePhysics(h_end=1.0, polish_gain=0.5), {})
+    assert (result is not None) == found
+    if found:
+        assert result.evidence["train_loss_end"] == pytest.approx(train_end, rel=1e-3)
+        assert "validation loss floor 0.15" in result.advice and "generalisation" in result.advice
+        assert result.suggested_config == {"train.stop_loss": adv.round_up(1.1 * min(val))}
+
+
 def test_non_convergence_waits_while_the_loss_still_falls():
     loss = list(np.linspace(2.3, 0.5, 80))
     v = view(make_history(loss, initial_loss=2.3), cfg(**{"train.stop_loss": 0.1, "train.max_epochs": 80}))

@@ -326,7 +326,9 @@ def non_convergence(view: RunView, phys: RunPhysics | None, found: dict) -> Find
     Either it diverged (the loss does not converge at all), or ``stop_loss`` is set, the
     run used its whole budget, and the watched loss settled on a floor above the
     threshold. With the model, the floor must be real: safe full-batch steps from the
-    final weights do not lower it (otherwise it is a noise floor: flat_minimum).
+    final weights do not lower it (otherwise it is a noise floor: flat_minimum). A
+    validation floor above a training loss that already meets ``stop_loss`` needs no
+    such check: it is the generalisation gap.
     """
     tcfg = view.config.train
     diverged = _diverged_at(view)
@@ -347,8 +349,16 @@ def non_convergence(view: RunView, phys: RunPhysics | None, found: dict) -> Find
         return None  # still closing the gap to stop_loss: a budget question, not a floor
     evidence = {"stop_loss": tcfg.stop_loss, "loss_floor": floor, "last_quarter_fall_over_gap": pace,
                 "full_batch": view.full_batch}
-    if view.full_batch:
-        # no minibatch noise can hold a full-batch loss up: a settled loss is the floor
+    generalisation = False
+    if tcfg.stop_on == "val":
+        train_end = level(view.loss, view.n - 1)
+        evidence["train_loss_end"] = train_end
+        generalisation = train_end <= tcfg.stop_loss
+    if view.full_batch or generalisation:
+        # No minibatch noise can hold a full-batch loss up: a settled loss is the floor. And a
+        # validation floor above a training loss that already meets stop_loss is the
+        # generalisation gap: no optimisation of the training loss (noisy or not) can close it,
+        # so the polish steps below would measure the wrong loss.
         confidence = _conf(0.8, math.log(floor / tcfg.stop_loss) / math.log(2.0))
     elif phys is not None:
         h = phys.h_end
@@ -364,8 +374,12 @@ def non_convergence(view: RunView, phys: RunPhysics | None, found: dict) -> Find
         confidence = _conf(0.5, math.log(floor / tcfg.stop_loss) / math.log(2.0), top=0.75)
     new_stop = adv.round_up(1.1 * floor)
     which = "validation" if tcfg.stop_on == "val" else "training"
-    text = (f"stop_loss {adv.fmt(tcfg.stop_loss)} is below the {which} loss floor {adv.fmt(floor)} this model reaches; "
-            f"raise it to {adv.fmt(new_stop)} or change the model")
+    if generalisation:
+        remedy = (f"the training loss is already {adv.fmt(evidence['train_loss_end'])}, so the gap is generalisation; "
+                  f"raise it to {adv.fmt(new_stop)} or regularise (model.l2, model.dropout)")
+    else:
+        remedy = f"raise it to {adv.fmt(new_stop)} or change the model"
+    text = f"stop_loss {adv.fmt(tcfg.stop_loss)} is below the {which} loss floor {adv.fmt(floor)} this model reaches; {remedy}"
     return Finding("non_convergence", _short(view, confidence), _plateau_epoch(watched), evidence, text,
                    {"train.stop_loss": new_stop})
 
