@@ -19,6 +19,12 @@ the training loop, in the child they run beside it on the other core.
 unreachable store still fails within seconds and before any training; the child
 then opens the store while the caller goes on. When this process dies, the child
 reads end-of-file, writes what it was sent and exits.
+
+The child also listens on a Unix socket (:attr:`ProcessTracker.address`): the worker
+processes of ``bpexp sweep --workers N`` connect to it (``ProcessTracker(connect=...)``)
+instead of each starting a child of its own, so MLflow is imported and its store
+opened once per machine's sweep, not once per worker. Its calls are served one at a
+time, in order per connection.
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ import itertools
 import os
 import pickle
 import queue
+import shutil
+import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping, Sequence
@@ -40,6 +50,9 @@ from bpexp.tracking import DEFAULT_EXPERIMENT, MlflowTracker, RunRecord, Tracker
 
 PENDING_PREFIX = "bpexp-pending-run-"
 """Pending run ids start with this; the child maps them to the ids MLflow gives."""
+
+CONNECT_SECONDS = 30.0
+"""How long a worker waits for the tracking process's socket to appear (it is bound at the child's start)."""
 
 MAX_WARNINGS = 3
 """The child prints this many failed writes as they happen; :meth:`ProcessTracker.flush` counts them all."""
@@ -71,14 +84,23 @@ class ProcessTracker(Tracker):
     Args:
         uri: a tracking URI (see :func:`bpexp.tracking.resolve_tracking_uri`).
         experiment: the MLflow experiment, created on first use.
+        connect: the :attr:`address` of another ProcessTracker's child to send the calls
+            to, instead of starting a child here.
     """
 
     asynchronous = True
 
-    def __init__(self, uri: str | None = None, experiment: str | None = None) -> None:
+    def __init__(self, uri: str | None = None, experiment: str | None = None, *, connect: str | None = None) -> None:
         self.uri = resolve_tracking_uri(uri)
         self.experiment = experiment or DEFAULT_EXPERIMENT
+        self.connect = connect
+        self.address: str | None = None
+        """The child's Unix socket, once started here (None when connected to another's, or without AF_UNIX)."""
         self._proc: subprocess.Popen | None = None
+        self._socket: socket.socket | None = None
+        self._folder: str | None = None
+        self._rfile: BinaryIO | None = None
+        self._wfile: BinaryIO | None = None
         self._outbox: queue.Queue = queue.Queue()
         self._futures: dict[int, Future] = {}
         self._pending: dict[str, Future] = {}
@@ -90,19 +112,29 @@ class ProcessTracker(Tracker):
 
     # -- the child
     def _start(self) -> None:
-        if self._proc is not None:
+        if self._wfile is not None:
             return
-        env = dict(os.environ)
-        # the child only writes: one BLAS thread, and nothing of its own on stdout
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = "1"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bpexp.tracking_process"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,  # its warnings reach the user's terminal
-            env=env,
-        )
+        if self.connect is not None:
+            self._socket = _connect(self.connect)
+            self._rfile, self._wfile = self._socket.makefile("rb"), self._socket.makefile("wb")
+        else:
+            env = dict(os.environ)
+            # the child only writes: one BLAS thread, and nothing of its own on stdout
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[var] = "1"
+            command = [sys.executable, "-m", "bpexp.tracking_process"]
+            if hasattr(socket, "AF_UNIX"):
+                self._folder = tempfile.mkdtemp(prefix="bpexp-tracking-")  # mode 0700: this user's processes only
+                self.address = os.path.join(self._folder, "socket")
+                command += ["--listen", self.address]
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,  # its warnings reach the user's terminal
+                env=env,
+            )
+            self._rfile, self._wfile = self._proc.stdout, self._proc.stdin
         self._sender = threading.Thread(target=self._send_loop, name="bpexp-tracking-send", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="bpexp-tracking-read", daemon=True)
         self._sender.start()
@@ -111,8 +143,8 @@ class ProcessTracker(Tracker):
 
     def _send_loop(self) -> None:
         # a full pipe blocks this thread, never the caller's
-        assert self._proc is not None and self._proc.stdin is not None
-        stream = self._proc.stdin
+        stream = self._wfile
+        assert stream is not None
         while True:
             message = self._outbox.get()
             if message is _STOP:
@@ -124,13 +156,16 @@ class ProcessTracker(Tracker):
                 return
         try:
             stream.close()
+            if self._socket is not None:
+                self._socket.shutdown(socket.SHUT_WR)  # the child's end of this connection reads end-of-file
         except OSError:
             pass
 
     def _read_loop(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        stream = self._rfile
+        assert stream is not None
         while True:
-            message = _receive(self._proc.stdout)
+            message = _receive(stream)
             if message is None:
                 break
             number, ok, value = message
@@ -180,8 +215,14 @@ class ProcessTracker(Tracker):
         probe_tracking_uri(self.uri)
         self._start()
 
+    def worker_spec(self) -> dict[str, Any]:
+        """As :meth:`Tracker.worker_spec`, plus the socket a worker process connects to."""
+        self._start()
+        return {**super().worker_spec(), "connect": self.address or self.connect}
+
     def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
-        handle = f"{PENDING_PREFIX}{next(self._ids)}"
+        # unique across the processes that share one child
+        handle = f"{PENDING_PREFIX}{os.getpid()}-{next(self._ids)}"
         self._pending[handle] = self._request("start_run", (handle, name), {"parent_run_id": parent_run_id, "tags": dict(tags or {})},
                                               reply=True)
         return handle
@@ -253,8 +294,8 @@ class ProcessTracker(Tracker):
             raise ServiceError(f"tracking store {self.uri}: {errors[0]}{more}")
 
     def close(self) -> None:
-        """Flush, then let the child exit. Safe to call twice."""
-        if self._proc is None:
+        """Flush, then let the child exit (or, connected to another's child, hang up). Safe to call twice."""
+        if self._wfile is None:
             return
         try:
             self.flush()
@@ -262,10 +303,34 @@ class ProcessTracker(Tracker):
             self._outbox.put(_STOP)
             if self._sender is not None:
                 self._sender.join()
-            self._proc.wait()
+            if self._proc is not None:
+                self._proc.wait()
             if self._reader is not None:
                 self._reader.join()
-            self._proc = None
+            if self._socket is not None:
+                self._socket.close()
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+            self._proc = self._socket = self._folder = self._rfile = self._wfile = None
+
+
+def _connect(address: str) -> socket.socket:
+    """A connection to a tracking process's socket, waiting up to :data:`CONNECT_SECONDS` for it to be bound.
+
+    Raises:
+        ServiceError: nothing listens there.
+    """
+    deadline = time.monotonic() + CONNECT_SECONDS
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the sweep's tracking process does not answer at {address}: {exc}") from exc
+            time.sleep(0.05)
 
 
 # ------------------------------------------------------------------- the child
@@ -289,8 +354,14 @@ class _Writer:
         if method == "ping":
             return None
         if method == "open":
-            self.tracker = MlflowTracker(*args)
-            self.tracker.check()
+            if self.tracker is None:
+                self.tracker = MlflowTracker(*args)
+                self.tracker.check()
+                return None
+            uri, experiment = args  # a connected process: it must want the store this child has open
+            wanted = (resolve_tracking_uri(uri), experiment or DEFAULT_EXPERIMENT)
+            if wanted != (self.tracker.uri, self.tracker.experiment):
+                raise ServiceError(f"this tracking process writes to {self.tracker.uri} ({self.tracker.experiment}), not {wanted[0]} ({wanted[1]})")
             return None
         if self.tracker is None:
             raise ServiceError("the tracking store is not open")
@@ -323,31 +394,82 @@ class _Writer:
         raise ServiceError(f"unknown tracking call {method!r}")
 
 
-def main() -> int:
-    """The child: answer requests from stdin on stdout until end of file. Returns the exit code."""
+class _Server:
+    """The child's loop: requests from stdin and from every socket connection, served one at a time."""
+
+    def __init__(self) -> None:
+        self.writer = _Writer()
+        self.lock = threading.Lock()  # one MlflowTracker, one call at a time
+        self.warned = 0
+        self.connections: list[threading.Thread] = []
+
+    def serve(self, incoming: BinaryIO, outgoing: BinaryIO) -> None:
+        """Answer the requests of one stream until its end of file."""
+        while True:
+            message = _receive(incoming)
+            if message is None:
+                return
+            number, method, args, kwargs, reply = message
+            try:
+                with self.lock:
+                    value = self.writer.handle(method, args, kwargs)
+            except Exception as exc:  # the store failed: report it, keep serving
+                text = f"{method} failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]
+                with self.lock:
+                    warn = not reply and self.warned < MAX_WARNINGS
+                    self.warned += warn
+                    last = self.warned == MAX_WARNINGS
+                if warn:
+                    more = "; further tracking errors are counted at the end" if last else ""
+                    print(f"bpexp: warning: tracking: {text}{more}", file=sys.stderr, flush=True)
+                _send(outgoing, (number, False, text))
+                continue
+            _send(outgoing, (number, True, value if reply else None))
+
+    def listen(self, address: str) -> None:
+        """Accept connections on the Unix socket ``address``, each served by its own thread."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        listener.listen()
+
+        def accept() -> None:
+            while True:
+                connection, _ = listener.accept()
+                thread = threading.Thread(target=self._serve_connection, args=(connection,), daemon=True)
+                self.connections.append(thread)
+                thread.start()
+
+        threading.Thread(target=accept, name="bpexp-tracking-accept", daemon=True).start()
+
+    def _serve_connection(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as incoming, connection.makefile("wb") as outgoing:
+            try:
+                self.serve(incoming, outgoing)
+            except OSError:
+                pass  # the connected process died: what it sent is written, nobody waits for answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: answer requests from stdin on stdout (and on ``--listen SOCKET``) until stdin ends.
+
+    Returns:
+        The exit code.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # anything else that prints must not corrupt the replies
-    writer = _Writer()
-    warned = 0
-    while True:
-        message = _receive(stdin)
-        if message is None:
-            # every request is answered and each write is committed as it is made: skip the
-            # interpreter's teardown of MLflow and SQLAlchemy (half a second the caller waits for)
-            sys.stderr.flush()
-            os._exit(0)
-        number, method, args, kwargs, reply = message
-        try:
-            value = writer.handle(method, args, kwargs)
-        except Exception as exc:  # the store failed: report it, keep serving
-            text = f"{method} failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]
-            if not reply and warned < MAX_WARNINGS:
-                warned += 1
-                more = "; further tracking errors are counted at the end" if warned == MAX_WARNINGS else ""
-                print(f"bpexp: warning: tracking: {text}{more}", file=sys.stderr, flush=True)
-            _send(stdout, (number, False, text))
-            continue
-        _send(stdout, (number, True, value if reply else None))
+    server = _Server()
+    if args[:1] == ["--listen"]:
+        server.listen(args[1])
+    server.serve(stdin, stdout)
+    # The owner closes its end only after its workers closed theirs; a worker that died
+    # has hung up too. Then every request is answered and each write is committed as it
+    # is made: skip the interpreter's teardown of MLflow and SQLAlchemy (half a second
+    # the caller waits for).
+    for thread in list(server.connections):
+        thread.join(timeout=60)
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from bpexp.errors import ConfigError
 from bpexp.sweep import run_sweep, sweep_spec_from_dict
 from bpexp.sweep.search import iterations_to_target, objective_value, suggest_params
 from bpexp.sweep.spec import Range, apply_params
-from bpexp.tracking import MlflowTracker, load_weights, make_tracker
+from bpexp.tracking import CURVE_METRICS, MlflowTracker, load_weights, make_tracker
 from bpexp.train import History
 
 BASE = {
@@ -268,8 +268,10 @@ def test_mlflow_holds_a_parent_and_one_child_per_trial(mixed):
         if trial["state"] == "FAIL":
             assert "DataError" in run.data.tags["bpexp.error"] and "majority_class" in run.data.tags["bpexp.error"]
             continue
-        history = client.get_metric_history(run.info.run_id, "val_loss")
-        assert [m.step for m in history] == list(range(1, trial["epochs"] + 1))
+        for key in CURVE_METRICS:
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == list(range(1, trial["epochs"] + 1))
+        assert "grad_norm" not in run.data.metrics  # sweep.metrics: curves; the norms stay in history.json
 
 
 def test_children_carry_diagnosis_tags_and_loadable_artifacts(mixed, tmp_path):

@@ -23,10 +23,14 @@ from bpexp import __version__
 from bpexp.config import config_from_dict, flatten
 from bpexp.errors import ServiceError
 from bpexp.tracking import (
+    CURVE_METRICS,
+    EPOCH_METRICS,
+    EpochLogger,
     MlflowTracker,
     NoOpTracker,
     Tracker,
     batch_slices,
+    epoch_metrics,
     findings_tags,
     load_weights,
     make_tracker,
@@ -216,6 +220,27 @@ def test_metrics_go_in_batches_of_at_most_1000(mlflow_sqlite_uri, monkeypatch):
     calls.clear()
     tracker.log_batch(run_id, metrics=[("x", 1.0, i) for i in range(950)], params={"a": 1}, tags={"b": 2})
     assert calls == [(950, 1, 1)]  # one request when everything fits
+
+
+def test_epoch_logger_sends_only_its_keys_once_each_epoch(make_config):
+    result = train(make_config(train={"max_epochs": 4}))
+
+    class Sink(NoOpTracker):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def log_metrics(self, run_id, rows):
+            self.rows += list(rows)
+
+    sink = Sink()
+    logger = EpochLogger(sink, "run", keys=CURVE_METRICS)
+    logger.flush(result.history)
+    logger.flush(result.history)  # nothing new: nothing sent twice
+    assert sorted({key for key, _, _ in sink.rows}) == sorted(CURVE_METRICS)
+    assert sorted((key, step) for key, _, step in sink.rows) == sorted((k, e) for k in CURVE_METRICS for e in range(1, 5))
+    assert {(k, s): v for k, v, s in sink.rows}[("val_loss", 4)] == result.history.val_loss[3]
+    assert len(epoch_metrics(result.history)) == 4 * len(EPOCH_METRICS)  # a train run's default: every series
 
 
 @given(st.integers(0, 3000), st.integers(0, 350), st.integers(0, 350))

@@ -95,3 +95,65 @@ def test_pending_ids_resolve_to_themselves_on_a_synchronous_tracker(mlflow_sqlit
     run = tracker.start_run("s")
     assert not tracker.asynchronous and tracker.resolve(run) == run == tracker.resolved(run)
     tracker.end_run(run)
+
+
+def test_other_processes_write_through_the_same_child(mlflow_sqlite_uri, tmp_path):
+    import subprocess
+    import sys
+
+    owner = ProcessTracker(mlflow_sqlite_uri, "proc-shared")
+    owner.check()
+    spec = owner.worker_spec()
+    assert spec["process"] and Path(spec["connect"]).name == "socket"
+    parent = owner.resolve(owner.start_run("parent"))
+    # a worker process on this machine: its own pending ids, the owner's child and store
+    script = (
+        "import sys\n"
+        "from bpexp.tracking import make_tracker\n"
+        "uri, address, parent = sys.argv[1:]\n"
+        "t = make_tracker(uri, 'proc-shared', process=True, connect=address)\n"
+        "runs = [t.start_run(f'w{i}', parent_run_id=parent) for i in range(3)]\n"
+        "for i, run in enumerate(runs):\n"
+        "    t.log_batch(run, metrics=[('loss', 1.0, 1)], params={'i': i})\n"
+        "    t.end_run(run, 'FINISHED')\n"
+        "print(' '.join(t.resolve(run) for run in runs))\n"
+        "t.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, mlflow_sqlite_uri, spec["connect"], parent],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    worker_runs = done.stdout.split()
+    mine = owner.start_run("after the worker hung up")  # the child still serves its owner
+    owner.end_run(mine, "FINISHED")
+    mine = owner.resolve(mine)
+    folder = Path(spec["connect"]).parent
+    owner.close()
+    assert not folder.exists()  # the socket's folder goes with the child
+
+    client = MlflowClient(mlflow_sqlite_uri)
+    for i, run_id in enumerate(worker_runs):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params["i"] == str(i)
+        assert run.data.tags[TAG_PARENT] == parent
+    assert client.get_run(mine).info.status == "FINISHED"
+    assert len(set(worker_runs) | {parent, mine}) == 5
+
+
+def test_a_worker_refuses_a_child_that_writes_elsewhere(mlflow_sqlite_uri, tmp_path):
+    owner = ProcessTracker(mlflow_sqlite_uri, "proc-owner")
+    owner.check()
+    other = ProcessTracker(mlflow_sqlite_uri, "another-experiment", connect=owner.worker_spec()["connect"])
+    other.check()
+    with pytest.raises(ServiceError, match="proc-owner"):
+        other.flush()  # its "open" was refused
+    other.close()
+    owner.close()
+
+
+def test_connecting_to_nothing_fails_with_a_clear_error(tmp_path, monkeypatch):
+    import bpexp.tracking_process as tp
+
+    monkeypatch.setattr(tp, "CONNECT_SECONDS", 0.2)
+    tracker = ProcessTracker(f"sqlite:///{tmp_path}/m.db", "x", connect=str(tmp_path / "no-socket"))
+    with pytest.raises(ServiceError, match="does not answer"):
+        tracker.check()

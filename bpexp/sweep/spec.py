@@ -158,6 +158,12 @@ class SweepSection(_Strict):
         description="curves.png per trial run: only the best trial's (drawn at the end), every trial's, or none; "
         "drawing costs far more than recording, and the MLflow UI plots every trial's metrics anyway",
     )
+    metrics: Literal["curves", "all"] = Field(
+        default="curves",
+        description="per-epoch metrics of each trial run: the learning curves (lr, train/val loss and accuracy), "
+        "or every History series (adding the weight, update and gradient norms, iterations and batch loss); "
+        "each run's history.json holds them all either way, and each metric row costs the store a write",
+    )
     heartbeat_interval: int = Field(default=5, ge=1, description="RDB storage: seconds between a trial's heartbeats")
     grace_period: int = Field(default=20, ge=2, description="RDB storage: seconds without heartbeat before a trial is failed")
     space: dict[str, Any] = Field(min_length=1)

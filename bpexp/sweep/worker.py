@@ -379,7 +379,7 @@ def run_trial(
     """
     import optuna
 
-    from bpexp.tracking import TAG_ERROR, TAG_KIND, EpochLogger, config_params, diagnose_result
+    from bpexp.tracking import CURVE_METRICS, EPOCH_METRICS, TAG_ERROR, TAG_KIND, EpochLogger, config_params, diagnose_result
     from bpexp.train import train
 
     section = spec.sweep
@@ -409,7 +409,7 @@ def run_trial(
 
     record_run_id(final=False)
     history_box: dict[str, Any] = {}
-    logger = EpochLogger(tracker, run_id)
+    logger = EpochLogger(tracker, run_id, keys=CURVE_METRICS if section.metrics == "curves" else EPOCH_METRICS)
     prune = not section.multi_objective and section.pruner.name != "none"
     objective = section.objective[0]
 
@@ -615,7 +615,7 @@ def run_worker(
     own_tracker = tracker is None
     if tracker is None:
         tracker = make_tracker(job.tracking.get("uri"), job.tracking.get("experiment"), enabled=job.tracking.get("enabled", True),
-                               process=job.tracking.get("process", False))
+                               process=job.tracking.get("process", False), connect=job.tracking.get("connect"))
     storage = open_storage(job.storage, heartbeat_interval=spec.sweep.heartbeat_interval, grace_period=spec.sweep.grace_period)
     target = job.n_trials
     size = grid_size(spec)
