@@ -6,8 +6,11 @@ run starts from an empty study) and reports, in one run:
 1. tracking cost: the sweep's wall time with MLflow tracking (the default SQLite
    store, already created, as after a first run) against ``--no-track``, interleaved
    and repeated; goal ≤ 5 %;
-2. throughput: finished trials (and epochs) per minute with 1 and 2 workers; goal
-   ≥ 1.8× with 2 workers on 2 cores;
+2. throughput: finished trials (and minibatch steps) per minute with 1 and 2 workers,
+   tracked and with ``--no-track``; goal ≥ 1.8× with 2 workers on 2 cores. With the
+   pruner on, the two sweeps do different work (each worker samples its own trials,
+   and the median pruner judges them against different peers), so the same is also
+   measured on the spec without pruning, where every trial runs its whole budget;
 3. pruning: the epochs the sweep spends with its pruner against the same sweep
    with ``pruner: none``, and both best values.
 
@@ -79,6 +82,7 @@ def run_sweep(spec: Path, template: Path, *args: str) -> dict[str, Any]:
         payload["cpu"] = cpu
         payload["epochs_total"] = sum(t["epochs"] or 0 for t in payload["trials"])
         payload["finished_trials"] = payload["counts"]["COMPLETE"] + payload["counts"]["PRUNED"]
+        payload["steps_total"] = steps_total(spec, payload["trials"])
         return payload
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -99,6 +103,23 @@ def trial_phase_seconds(journal: Path, study_name: str) -> float:
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     return (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan")
+
+
+def steps_total(spec: Path, trials: list[dict]) -> int:
+    """Minibatch steps the trials ran: epochs × ⌈n_train / batch⌉, from each trial's (or the spec's) batch size."""
+    import math
+
+    from bpexp.data import load_dataset
+    from bpexp.sweep import sweep_spec_from_dict
+
+    sweep = sweep_spec_from_dict(yaml.safe_load(spec.read_text()), source=str(spec))
+    n_train = len(load_dataset(sweep.base.data, sweep.base.seed).train)
+    total = 0
+    for trial in trials:
+        batch = (trial.get("params") or {}).get("optim.batch_size", sweep.base.optim.batch_size)
+        per_epoch = 1 if batch == "full" else math.ceil(n_train / min(int(batch), n_train))
+        total += (trial["epochs"] or 0) * per_epoch
+    return total
 
 
 def _children_cpu() -> float:
@@ -125,26 +146,30 @@ def median(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="a sweep spec [experiments/digits_sweep.yaml]")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each tracked/untracked/2-worker variant [2]")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant: tracked or not, 1 or 2 workers [2]")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bpexp-bench-root-"))
     try:
         template = migrated_store(work)
-        variants = {"tracked, 1 worker": [], "--no-track, 1 worker": [], "tracked, 2 workers": []}
-        flags = {"tracked, 1 worker": [], "--no-track, 1 worker": ["--no-track"], "tracked, 2 workers": ["--workers", "2"]}
+        flags = {"tracked, 1 worker": [], "--no-track, 1 worker": ["--no-track"], "tracked, 2 workers": ["--workers", "2"],
+                 "--no-track, 2 workers": ["--no-track", "--workers", "2"]}
+        variants: dict[str, list[dict]] = {name: [] for name in flags}
         order = list(variants)
         for repeat in range(args.repeats):
             # interleave, rotating the order, so that drifting machine load hits every variant alike
-            for name in order[repeat % 3:] + order[: repeat % 3]:
+            for name in order[repeat % len(order):] + order[: repeat % len(order)]:
                 log(f"[{repeat + 1}/{args.repeats}] {name} ...")
                 result = run_sweep(args.spec, template, *flags[name])
                 log(f"    {result['wall']:.1f} s wall, {result['finished_trials']} trials, {result['epochs_total']} epochs")
                 variants[name].append(result)
-        log("without pruning ...")
-        unpruned = run_sweep(no_pruning_spec(args.spec, work), template)
-        log(f"    {unpruned['wall']:.1f} s wall, {unpruned['epochs_total']} epochs")
+        # the same work for 1 and 2 workers: no pruner, every trial runs its whole budget
+        unpruned: dict[str, dict] = {}
+        for name in order:
+            log(f"without pruning, {name} ...")
+            unpruned[name] = run_sweep(no_pruning_spec(args.spec, work), template, *flags[name])
+            log(f"    {unpruned[name]['wall']:.1f} s wall, {unpruned[name]['epochs_total']} epochs")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -153,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     tracked_cpu = median([r["cpu"] for r in variants["tracked, 1 worker"]])
     untracked_cpu = median([r["cpu"] for r in variants["--no-track, 1 worker"]])
     same_trials = len({r["epochs_total"] for r in variants["tracked, 1 worker"] + variants["--no-track, 1 worker"]}) == 1
-    two = median([r["wall"] for r in variants["tracked, 2 workers"]])
 
     def per_minute(runs: list[dict], key: str) -> float:
         return median([r[key] / (r["wall"] / 60) for r in runs])
@@ -161,13 +185,26 @@ def main(argv: list[str] | None = None) -> int:
     def phase_per_minute(runs: list[dict]) -> float:
         return median([r["finished_trials"] / (r["trial_phase"] / 60) for r in runs])
 
-    one_phase = phase_per_minute(variants["tracked, 1 worker"])
-    two_phase = phase_per_minute(variants["tracked, 2 workers"])
-    one_tpm = per_minute(variants["tracked, 1 worker"], "finished_trials")
-    two_tpm = per_minute(variants["tracked, 2 workers"], "finished_trials")
-    one_epm = per_minute(variants["tracked, 1 worker"], "epochs_total")
-    two_epm = per_minute(variants["tracked, 2 workers"], "epochs_total")
+    def scaling(kind: str) -> dict[str, Any]:
+        one, two = variants[f"{kind}, 1 worker"], variants[f"{kind}, 2 workers"]
+        flat_one, flat_two = unpruned[f"{kind}, 1 worker"], unpruned[f"{kind}, 2 workers"]
+        return {
+            "one_worker_trials_per_min": per_minute(one, "finished_trials"),
+            "two_workers_trials_per_min": per_minute(two, "finished_trials"),
+            "speedup_trials": per_minute(two, "finished_trials") / per_minute(one, "finished_trials"),
+            "speedup_steps": per_minute(two, "steps_total") / per_minute(one, "steps_total"),
+            "steps": [median([r["steps_total"] for r in one]), median([r["steps_total"] for r in two])],
+            "wall_s": [median([r["wall"] for r in one]), median([r["wall"] for r in two])],
+            "speedup_trial_phase": phase_per_minute(two) / phase_per_minute(one),
+            "unpruned_wall_s": [flat_one["wall"], flat_two["wall"]],
+            "unpruned_steps": [flat_one["steps_total"], flat_two["steps_total"]],
+            "unpruned_speedup_trials": per_minute([flat_two], "finished_trials") / per_minute([flat_one], "finished_trials"),
+            "unpruned_speedup_steps": per_minute([flat_two], "steps_total") / per_minute([flat_one], "steps_total"),
+            "goal": ">= 1.8",
+        }
+
     pruned = variants["tracked, 1 worker"][0]
+    unpruned_one = unpruned["tracked, 1 worker"]
     report = {
         "spec": str(args.spec),
         "repeats": args.repeats,
@@ -185,27 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             "same_trials": same_trials,
             "goal": "<= 0.05",
         },
-        "workers": {
-            "one_worker_trials_per_min": one_tpm,
-            "two_workers_trials_per_min": two_tpm,
-            "speedup_trials": two_tpm / one_tpm,
-            "one_worker_epochs_per_min": one_epm,
-            "two_workers_epochs_per_min": two_epm,
-            "speedup_epochs": two_epm / one_epm,
-            "two_workers_wall_s": two,
-            "one_worker_trial_phase_trials_per_min": one_phase,
-            "two_workers_trial_phase_trials_per_min": two_phase,
-            "speedup_trial_phase": two_phase / one_phase,
-            "one_worker_trial_phase_s": median([r["trial_phase"] for r in variants["tracked, 1 worker"]]),
-            "two_workers_trial_phase_s": median([r["trial_phase"] for r in variants["tracked, 2 workers"]]),
-            "goal": ">= 1.8",
-        },
+        "workers": {"tracked": scaling("tracked"), "untracked": scaling("--no-track")},
         "pruning": {
             "epochs_with_pruning": pruned["epochs_total"],
-            "epochs_without_pruning": unpruned["epochs_total"],
-            "epochs_saved_fraction": 1 - pruned["epochs_total"] / unpruned["epochs_total"],
+            "epochs_without_pruning": unpruned_one["epochs_total"],
+            "epochs_saved_fraction": 1 - pruned["epochs_total"] / unpruned_one["epochs_total"],
             "best_with_pruning": pruned["best_trial"]["value"],
-            "best_without_pruning": unpruned["best_trial"]["value"],
+            "best_without_pruning": unpruned_one["best_trial"]["value"],
             "pruned_trials": pruned["counts"]["PRUNED"],
             "objective": pruned["objectives"],
         },
@@ -221,12 +244,15 @@ def main(argv: list[str] | None = None) -> int:
           + ("" if t["same_trials"] else "  [the two ran different trials]"))
     print(f"              runs: tracked {t['tracked_runs_s']} s, --no-track {t['untracked_runs_s']} s; "
           f"load average {', '.join(f'{x:.1f}' for x in report['load_average'] or [])}")
-    print(f"  workers     1 worker {w['one_worker_trials_per_min']:.1f} trials/min, 2 workers {w['two_workers_trials_per_min']:.1f}: "
-          f"{w['speedup_trials']:.2f}× over the whole command (epochs/min {w['speedup_epochs']:.2f}×; goal ≥ 1.8×)")
-    print(f"              from the first trial's start to the last one's end: {w['one_worker_trial_phase_trials_per_min']:.1f} vs "
-          f"{w['two_workers_trial_phase_trials_per_min']:.1f} trials/min, {w['speedup_trial_phase']:.2f}× "
-          f"({w['one_worker_trial_phase_s']:.1f} s vs {w['two_workers_trial_phase_s']:.1f} s of the "
-          f"{t['tracked_wall_s']:.1f} s and {w['two_workers_wall_s']:.1f} s commands)")
+    for kind, w in report["workers"].items():
+        print(f"  workers     {kind}: 1 worker {w['one_worker_trials_per_min']:.1f} trials/min, 2 workers "
+              f"{w['two_workers_trials_per_min']:.1f}: {w['speedup_trials']:.2f}× over the whole command (goal ≥ 1.8×; "
+              f"{w['wall_s'][0]:.1f} s vs {w['wall_s'][1]:.1f} s), {w['speedup_trial_phase']:.2f}× from the first trial's start "
+              f"to the last one's end")
+        print(f"              but other trials, other pruning: {w['steps'][0]} vs {w['steps'][1]} minibatch steps, steps/min "
+              f"{w['speedup_steps']:.2f}×; the same work without pruning: {w['unpruned_wall_s'][0]:.1f} s vs "
+              f"{w['unpruned_wall_s'][1]:.1f} s, trials/min {w['unpruned_speedup_trials']:.2f}×, steps/min "
+              f"{w['unpruned_speedup_steps']:.2f}× ({w['unpruned_steps'][0]} vs {w['unpruned_steps'][1]} steps)")
     print(f"  pruning     {p['epochs_with_pruning']} epochs with the pruner ({p['pruned_trials']} trials pruned) vs "
           f"{p['epochs_without_pruning']} without ({100 * p['epochs_saved_fraction']:.0f} % saved); best {p['objective'][0]} "
           f"{p['best_with_pruning']:.4f} vs {p['best_without_pruning']:.4f}")
