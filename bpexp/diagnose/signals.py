@@ -6,6 +6,7 @@ NaN-filled histories: a statistic that cannot be computed is NaN, never an error
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,33 +27,69 @@ DIVERGE_WINDOW = 5
 """TheDeepChecker: divergence when the loss grows to ≥ 2× its minimum over a window of 5 checks."""
 
 
+class _Series:
+    """A History series as a float64 array of length ``view.n``, converted on first use.
+
+    Most detectors return after reading one or two series (a diverged run is decided
+    from its loss alone); converting all ten up front was a third of such a run's
+    diagnosis. A non-data descriptor: the array, once made, is the instance's attribute.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, view: "RunView | None", owner: type | None = None) -> Any:
+        if view is None:
+            return self
+        value = _series(getattr(view.history, self.source, None), view.n)
+        view.__dict__[self.name] = value
+        return value
+
+
 @dataclass
 class RunView:
     """One finished run as diagnosis sees it: float64 series of equal length ``n``, the
-    config, the data summary, the stop reason and the final metrics (after any restore)."""
+    config, the data summary, the stop reason and the final metrics (after any restore).
+
+    The series (``loss``, ``val_loss``, ``acc``, ``val_acc``, ``lr``, ``iterations``,
+    ``update_norm``, ``path_length``, ``weight_norm``, ``batch_loss``, ``steps``) are
+    read from ``history`` when first used.
+    """
 
     config: Any
     summary: dict
     stop_reason: str
     n: int
-    loss: np.ndarray
-    val_loss: np.ndarray
-    acc: np.ndarray
-    val_acc: np.ndarray
-    lr: np.ndarray
-    iterations: np.ndarray
-    update_norm: np.ndarray
-    path_length: np.ndarray
-    weight_norm: np.ndarray
-    batch_loss: np.ndarray
+    history: Any
     initial: dict[str, float]
     final: dict[str, float]
     n_train: int
     batch: int
-    steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lr_find: Any = None
     memo: dict = field(default_factory=dict)
     """Values several detectors derive from the view, computed once (e.g. the divergence epoch)."""
+
+    loss = _Series("train_loss")
+    val_loss = _Series("val_loss")
+    acc = _Series("train_accuracy")
+    val_acc = _Series("val_accuracy")
+    lr = _Series("lr")
+    iterations = _Series("iterations")
+    update_norm = _Series("update_norm")
+    path_length = _Series("path_length")
+    weight_norm = _Series("weight_norm")
+    batch_loss = _Series("batch_loss")
+
+    @functools.cached_property
+    def steps(self) -> np.ndarray:
+        """Minibatch steps per epoch (from ``iterations``; one epoch's worth where it is missing)."""
+        steps = np.diff(np.concatenate([[0.0], self.iterations])) if self.n else np.zeros(0)
+        bad_steps = ~np.isfinite(steps) | (steps <= 0)
+        steps[bad_steps] = math.ceil(self.n_train / self.batch)
+        return steps
 
     @property
     def loss_init(self) -> float:
@@ -113,7 +150,6 @@ def view_of(history, config, data_summary: dict | None, *, stop_reason: str | No
     """
     summary = dict(data_summary or {})
     n = len(getattr(history, "train_loss", []) or [])
-    get = lambda name: _series(getattr(history, name, None), n)  # noqa: E731
     initial = {k: _num(v) for k, v in (getattr(history, "initial", None) or {}).items()}
     n_train = int(summary.get("n_train") or 0)
     if n_train <= 0:
@@ -125,25 +161,12 @@ def view_of(history, config, data_summary: dict | None, *, stop_reason: str | No
         summary=summary,
         stop_reason=stop_reason or "max_epochs",
         n=n,
-        loss=get("train_loss"),
-        val_loss=get("val_loss"),
-        acc=get("train_accuracy"),
-        val_acc=get("val_accuracy"),
-        lr=get("lr"),
-        iterations=get("iterations"),
-        update_norm=get("update_norm"),
-        path_length=get("path_length"),
-        weight_norm=get("weight_norm"),
-        batch_loss=get("batch_loss"),
+        history=history,
         initial=initial,
         final={},
         n_train=n_train,
         batch=max(1, batch),
     )
-    iters = view.iterations
-    view.steps = np.diff(np.concatenate([[0.0], iters])) if n else np.zeros(0)
-    bad_steps = ~np.isfinite(view.steps) | (view.steps <= 0)
-    view.steps[bad_steps] = math.ceil(n_train / view.batch)
     if stop_reason is None:
         view.stop_reason = infer_stop_reason(view)
     view.final = _final(view, final)
