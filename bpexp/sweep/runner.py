@@ -42,6 +42,7 @@ from bpexp.sweep.worker import (
     ATTR_FINAL,
     ATTR_STOP_REASON,
     TAG_STUDY,
+    BlasShare,
     WorkerJob,
     close_unfinished_runs,
     late_run_ids,
@@ -196,6 +197,9 @@ def _sweep(spec: SweepSpec, tracker: "Tracker", storage_url: str, workers: int, 
 
     setup = exclusive(storage_url, f"setup-{name}")
     released_later = None  # the thread that stores the parent's id and then releases the setup lock
+    # the range test trains while the tracking process imports MLflow beside it: the same
+    # one BLAS thread fewer as for the trials (see BlasShare)
+    blas = BlasShare(tracker)
     setup.__enter__()
     try:
         store = open_storage(storage_url, heartbeat_interval=spec.sweep.heartbeat_interval, grace_period=spec.sweep.grace_period)
@@ -225,6 +229,7 @@ def _sweep(spec: SweepSpec, tracker: "Tracker", storage_url: str, workers: int, 
             if parent_run_id is not None:
                 parent_run_id = tracker.resolve(parent_run_id)
     finally:
+        blas.restore()
         if released_later is None:
             _release(setup)
 
