@@ -202,27 +202,38 @@ class Tracker(ABC):
         """Wait until every call made so far has reached the store."""
         return None
 
-    def log_run_curves(self, run_id: str, folder: str, title: str, also: Sequence[str] = ()) -> None:
+    def log_run_curves(self, run_id: str, folder: str, title: str, also: Sequence[str] = (), *, png: bytes | None = None) -> None:
         """Draw curves.png of a finished run from its history.json: into the run, and into ``folder/`` of each run in ``also``.
 
+        ``png``: the picture already drawn (see :meth:`prepare_curves`), stored as it is.
         Nothing happens when the run has no history.json in this store.
         """
         if self.uri is None:
             return
         with tempfile.TemporaryDirectory(prefix="bpexp-curves-") as tmp:
-            try:
-                local = self.download_artifact(run_id, "history.json", Path(tmp, "dl"))
-            except Exception:  # the run lives in another tracking store
-                return
-            if local is None:
-                return
-            history = History.from_dict(json.loads(Path(local).read_text()))
             out = Path(tmp, "out", folder)
             out.mkdir(parents=True)
-            draw_curves(history, out / "curves.png", title)
+            if png is not None:
+                (out / "curves.png").write_bytes(png)
+            else:
+                try:
+                    local = self.download_artifact(run_id, "history.json", Path(tmp, "dl"))
+                except Exception:  # the run lives in another tracking store
+                    return
+                if local is None:
+                    return
+                draw_curves(History.from_dict(json.loads(Path(local).read_text())), out / "curves.png", title)
             self.log_artifacts(run_id, out)  # the run's own curves.png
             for target in also:
                 self.log_artifacts(target, out.parent)  # folder/curves.png
+
+    def prepare_curves(self, run_id: str, history: "History", title: str) -> None:
+        """Draw ahead the curves :meth:`log_run_curves` may store for this run later, where that costs nothing.
+
+        A tracker that writes from a helper process draws them there, while the next
+        trials train, and keeps only the latest; this one has no spare core and does nothing.
+        """
+        return None
 
     def log_figure(self, run_id: str, drawer: str, data: Any, path: str) -> None:
         """Draw a figure and store it as the artifact ``path`` of a run.
@@ -937,6 +948,12 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     """
     with np.load(path, allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
+
+
+def curves_png(history: "History", title: str = "") -> bytes:
+    """The PNG bytes :func:`draw_curves` writes."""
+    with tempfile.TemporaryDirectory(prefix="bpexp-curves-") as tmp:
+        return draw_curves(history, Path(tmp, "curves.png"), title).read_bytes()
 
 
 def draw_curves(history: "History", path: str | Path, title: str = "") -> Path:

@@ -257,6 +257,10 @@ class ProcessTracker(Tracker):
         # read back, drawn and stored in the child: this process need not wait for the store
         self._cast("log_run_curves", run_id, folder, title, list(also))
 
+    def prepare_curves(self, run_id: str, history: Any, title: str) -> None:
+        # drawn in the child beside the training; kept there for log_run_curves
+        self._cast("prepare_curves", run_id, history, title)
+
     def log_figure(self, run_id: str, drawer: str, data: Any, path: str) -> None:
         # drawn in the child: matplotlib's import and the drawing stay off this process
         self._cast("log_figure", run_id, drawer, data, path)
@@ -342,6 +346,7 @@ class _Writer:
     def __init__(self) -> None:
         self.tracker: MlflowTracker | None = None
         self.ids: dict[str, str] = {}
+        self.prepared: tuple[str, str, bytes] | None = None  # (run id, title, curves.png) drawn ahead
 
     def real(self, value: Any) -> Any:
         if isinstance(value, str) and value.startswith(PENDING_PREFIX):
@@ -386,9 +391,16 @@ class _Writer:
         if method == "download_artifact":
             found = self.tracker.download_artifact(*args)
             return None if found is None else str(found)
+        if method == "prepare_curves":
+            from bpexp.tracking import curves_png
+
+            run_id, history, title = args
+            self.prepared = (run_id, title, curves_png(history, title))
+            return None
         if method == "log_run_curves":
             run_id, folder, title, also = args
-            return self.tracker.log_run_curves(run_id, folder, title, [self.real(other) for other in also])
+            png = self.prepared[2] if self.prepared is not None and self.prepared[:2] == (run_id, title) else None
+            return self.tracker.log_run_curves(run_id, folder, title, [self.real(other) for other in also], png=png)
         if method in ("log_batch", "log_figure", "end_run", "reopen_run", "read_run", "run_status", "find_runs"):
             return getattr(self.tracker, method)(*args, **kwargs)
         raise ServiceError(f"unknown tracking call {method!r}")

@@ -581,3 +581,26 @@ def test_a_run_left_running_by_a_dead_worker_is_closed(tmp_path, mlflow_sqlite_u
     assert tracker.read_run(runs[0]).status == "FAILED"
     assert "before this run was fully written" in tracker.read_run(runs[0]).tags["bpexp.error"]
     assert tracker.read_run(runs[1]).status == "RUNNING"  # its worker (this process) may still be writing it
+
+
+@pytest.mark.parametrize("direction,values,drawn", [
+    ("minimize", [0.5, 0.7, float("nan"), 0.4, 0.4], [0, 3]),
+    ("maximize", [0.5, 0.7, 0.6, float("inf")], [0, 1]),
+])
+def test_best_curves_are_drawn_ahead_for_each_new_best_only(direction, values, drawn):
+    from types import SimpleNamespace
+
+    from bpexp.sweep.worker import BestCurves
+
+    class Study:
+        @property
+        def best_value(self):
+            raise ValueError("no complete trial")
+
+    prepared = []
+    tracker = SimpleNamespace(prepare_curves=lambda run_id, history, title: prepared.append((run_id, title)))
+    spec = SimpleNamespace(study_name="s", sweep=SimpleNamespace(directions=[direction]))
+    best = BestCurves(tracker, spec, Study())
+    for number, value in enumerate(values):
+        best.offer(f"run-{number}", number, value, history=None)
+    assert prepared == [(f"run-{n}", f"s trial {n}") for n in drawn]

@@ -157,3 +157,31 @@ def test_connecting_to_nothing_fails_with_a_clear_error(tmp_path, monkeypatch):
     tracker = ProcessTracker(f"sqlite:///{tmp_path}/m.db", "x", connect=str(tmp_path / "no-socket"))
     with pytest.raises(ServiceError, match="does not answer"):
         tracker.check()
+
+
+def test_curves_drawn_ahead_are_stored_as_drawn_and_only_for_their_run_and_title(mlflow_sqlite_uri, tmp_path):
+    from bpexp.config import config_from_dict
+    from bpexp.data import load_dataset
+    from bpexp.tracking import curves_png, write_run_artifacts
+    from bpexp.train import train
+
+    config = config_from_dict({"data": {"name": "iris"}, "train": {"max_epochs": 4}})
+    recorded = train(config, load_dataset(config.data, config.seed)).history
+    other = train(config.model_copy(update={"seed": 1}), load_dataset(config.data, 1)).history
+    tracker = ProcessTracker(mlflow_sqlite_uri, "proc-curves")
+    tracker.check()
+    parent = tracker.start_run("parent")
+    runs = [tracker.start_run(f"r{i}", parent_run_id=parent) for i in range(2)]
+    for run in runs:
+        tracker.log_artifacts(run, write_run_artifacts(tmp_path / run, recorded, curves=False))
+    tracker.prepare_curves(runs[0], other, "t")  # drawn ahead from another history, to tell them apart
+    tracker.log_run_curves(runs[0], "best_trial_0", "t", also=[parent])
+    tracker.prepare_curves(runs[1], other, "t")
+    tracker.log_run_curves(runs[1], "best_trial_1", "another title", also=[parent])  # no match: drawn from history.json
+    ids = [tracker.resolve(run) for run in [parent, *runs]]
+    tracker.close()
+
+    client = MlflowClient(mlflow_sqlite_uri)
+    read = lambda run_id, path: Path(client.download_artifacts(run_id, path, str(tmp_path / "dl" / run_id))).read_bytes()  # noqa: E731
+    assert read(ids[1], "curves.png") == read(ids[0], "best_trial_0/curves.png") == curves_png(other, "t")
+    assert read(ids[2], "curves.png") == curves_png(recorded, "another title") != curves_png(other, "another title")

@@ -45,6 +45,7 @@ from bpexp.sweep.worker import (
     BlasShare,
     WorkerJob,
     close_unfinished_runs,
+    curves_title,
     late_run_ids,
     trial_run_id,
     quiet_optuna,
@@ -243,6 +244,7 @@ def _sweep(spec: SweepSpec, tracker: "Tracker", storage_url: str, workers: int, 
         auto=auto,
         n_trials=target,
         seed_offset=len(study.get_trials(deepcopy=False)),
+        prepare_curves=workers == 1 and spec.sweep.curves == "best" and not spec.sweep.multi_objective,
     )
 
     def report(state: str | None = None) -> None:
@@ -618,7 +620,7 @@ def _close_parent(
             tracker.set_tags(parent_run_id, {f"best.{k}": v for k, v in params.items()})
     if outcome.finished and spec.sweep.curves == "best":
         for trial in outcome.best:
-            _draw_best_curves(tracker, trial, parent_run_id, f"{spec.study_name} trial {trial.number}")
+            _draw_best_curves(tracker, trial, parent_run_id, curves_title(spec.study_name, trial.number))
     if interrupted:
         tracker.end_run(parent_run_id, "KILLED")
     elif outcome.finished:
