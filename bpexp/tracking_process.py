@@ -480,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     # the caller waits for).
     for thread in list(server.connections):
         thread.join(timeout=60)
+    if args[:1] == ["--listen"]:  # the owner may have been killed before removing them
+        shutil.rmtree(os.path.dirname(args[1]), ignore_errors=True)
     sys.stderr.flush()
     os._exit(0)
 

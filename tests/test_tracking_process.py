@@ -185,3 +185,25 @@ def test_curves_drawn_ahead_are_stored_as_drawn_and_only_for_their_run_and_title
     read = lambda run_id, path: Path(client.download_artifacts(run_id, path, str(tmp_path / "dl" / run_id))).read_bytes()  # noqa: E731
     assert read(ids[1], "curves.png") == read(ids[0], "best_trial_0/curves.png") == curves_png(other, "t")
     assert read(ids[2], "curves.png") == curves_png(recorded, "another title") != curves_png(other, "another title")
+
+
+def test_the_socket_folder_goes_even_when_the_owner_is_killed(mlflow_sqlite_uri):
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from bpexp.tracking_process import ProcessTracker\n"
+        "t = ProcessTracker(sys.argv[1], 'proc-killed')\n"
+        "t.check()\n"
+        "print(t.worker_spec()['connect'], flush=True)\n"
+        "t.resolve(t.start_run('r'))\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, mlflow_sqlite_uri], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9
+    folder = Path(done.stdout.strip()).parent
+    deadline = time.monotonic() + 30
+    while folder.exists() and time.monotonic() < deadline:  # the orphaned child reads end-of-file, then cleans up
+        time.sleep(0.1)
+    assert not folder.exists()
