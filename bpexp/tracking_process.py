@@ -253,9 +253,10 @@ class ProcessTracker(Tracker):
         files = {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
         self._cast("log_artifact_files", run_id, files)
 
-    def log_run_curves(self, run_id: str, folder: str, title: str, also: Sequence[str] = ()) -> None:
-        # read back, drawn and stored in the child: this process need not wait for the store
-        self._cast("log_run_curves", run_id, folder, title, list(also))
+    def log_run_curves(self, run_id: str, folder: str, title: str, also: Sequence[str] = (), *, png: bytes | None = None) -> None:
+        # read back, drawn (unless drawn ahead, see prepare_curves) and stored in the child:
+        # this process need not wait for the store
+        self._cast("log_run_curves", run_id, folder, title, list(also), png=png)
 
     def prepare_curves(self, run_id: str, history: Any, title: str) -> None:
         # drawn in the child beside the training; kept there for log_run_curves
@@ -399,7 +400,9 @@ class _Writer:
             return None
         if method == "log_run_curves":
             run_id, folder, title, also = args
-            png = self.prepared[2] if self.prepared is not None and self.prepared[:2] == (run_id, title) else None
+            png = kwargs.get("png")
+            if png is None and self.prepared is not None and self.prepared[:2] == (run_id, title):
+                png = self.prepared[2]
             return self.tracker.log_run_curves(run_id, folder, title, [self.real(other) for other in also], png=png)
         if method in ("log_batch", "log_figure", "end_run", "reopen_run", "read_run", "run_status", "find_runs"):
             return getattr(self.tracker, method)(*args, **kwargs)

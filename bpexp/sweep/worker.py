@@ -339,7 +339,7 @@ class BestCurves:
         self.minimize = spec.sweep.directions[0] == "minimize"
         try:
             self.best: float | None = study.best_value
-        except ValueError:  # no complete trial yet
+        except (ValueError, RuntimeError):  # no complete trial yet (RuntimeError: several objectives)
             self.best = None
 
     def offer(self, run_id: str, number: int, value: float, history: Any) -> None:
