@@ -11,6 +11,8 @@ run starts from an empty study) and reports, in one run:
    pruner on, the two sweeps do different work (each worker samples its own trials,
    and the median pruner judges them against different peers), so the same is also
    measured on the spec without pruning, where every trial runs its whole budget;
+   and, for the ceiling, what the machine gives two trainings side by side against
+   one alone;
 3. pruning: the epochs the sweep spends with its pruner against the same sweep
    with ``pruner: none``, and both best values.
 
@@ -139,6 +141,36 @@ def no_pruning_spec(spec: Path, folder: Path) -> Path:
     return path
 
 
+CORE_CHECK = """
+import sys, time
+from bpexp.config import config_from_dict
+from bpexp.data import load_dataset
+from bpexp.train import train
+config = config_from_dict({"data": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [256], "l2": 1e-4},
+                           "optim": {"lr": 0.05, "batch_size": 16}, "train": {"max_epochs": 30}})
+data = load_dataset(config.data, config.seed)
+train(config, data)
+started = time.perf_counter()
+for _ in range(int(sys.argv[1])):
+    train(config, data)
+print(time.perf_counter() - started)
+"""
+
+
+def machine_ceiling(runs: int = 10) -> dict[str, float]:
+    """What 2 cores give 2 independent trainings: ``runs`` digits MLP trainings alone, then two such processes at once.
+
+    Each process has one BLAS thread, as each of 2 workers has. Returns the seconds
+    alone, the slower process's seconds side by side, and the throughput ratio.
+    """
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", CORE_CHECK, str(runs)]
+    alone = float(subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout)
+    pair = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    together = max(float(proc.communicate()[0]) for proc in pair)
+    return {"alone_s": alone, "side_by_side_s": together, "throughput_ratio": 2 * alone / together}
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -153,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bpexp-bench-root-"))
     try:
         template = migrated_store(work)
+        log("two trainings side by side against one alone ...")
+        ceiling = machine_ceiling()
         flags = {"tracked, 1 worker": [], "--no-track, 1 worker": ["--no-track"], "tracked, 2 workers": ["--workers", "2"],
                  "--no-track, 2 workers": ["--no-track", "--workers", "2"]}
         variants: dict[str, list[dict]] = {name: [] for name in flags}
@@ -222,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "same_trials": same_trials,
             "goal": "<= 0.05",
         },
-        "workers": {"tracked": scaling("tracked"), "untracked": scaling("--no-track")},
+        "workers": {"tracked": scaling("tracked"), "untracked": scaling("--no-track"), "machine_ceiling": ceiling},
         "pruning": {
             "epochs_with_pruning": pruned["epochs_total"],
             "epochs_without_pruning": unpruned_one["epochs_total"],
@@ -244,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
           + ("" if t["same_trials"] else "  [the two ran different trials]"))
     print(f"              runs: tracked {t['tracked_runs_s']} s, --no-track {t['untracked_runs_s']} s; "
           f"load average {', '.join(f'{x:.1f}' for x in report['load_average'] or [])}")
-    for kind, w in report["workers"].items():
+    c = report["workers"]["machine_ceiling"]
+    print(f"  cores       two digits MLP trainings side by side: {c['side_by_side_s']:.2f} s against {c['alone_s']:.2f} s alone, "
+          f"{c['throughput_ratio']:.2f}× the throughput of one (the ceiling for 2 workers)")
+    for kind in ("tracked", "untracked"):
+        w = report["workers"][kind]
         print(f"  workers     {kind}: 1 worker {w['one_worker_trials_per_min']:.1f} trials/min, 2 workers "
               f"{w['two_workers_trials_per_min']:.1f}: {w['speedup_trials']:.2f}× over the whole command (goal ≥ 1.8×; "
               f"{w['wall_s'][0]:.1f} s vs {w['wall_s'][1]:.1f} s), {w['speedup_trial_phase']:.2f}× from the first trial's start "
