@@ -478,11 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         server.listen(args[1])
     server.serve(stdin, stdout)
     # The owner closes its end only after its workers closed theirs; a worker that died
-    # has hung up too. Then every request is answered and each write is committed as it
-    # is made: skip the interpreter's teardown of MLflow and SQLAlchemy (half a second
-    # the caller waits for).
+    # has hung up too, and one that outlives a killed owner is served to its end. Then
+    # every request is answered and each write is committed as it is made: skip the
+    # interpreter's teardown of MLflow and SQLAlchemy (half a second the caller waits for).
     for thread in list(server.connections):
-        thread.join(timeout=60)
+        thread.join()
     if args[:1] == ["--listen"]:  # the owner may have been killed before removing them
         shutil.rmtree(os.path.dirname(args[1]), ignore_errors=True)
     sys.stderr.flush()
