@@ -28,7 +28,9 @@ the table (or ``--json``) to stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -107,18 +109,22 @@ def trial_phase_seconds(journal: Path, study_name: str) -> float:
     return (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan")
 
 
-def steps_total(spec: Path, trials: list[dict]) -> int:
-    """Minibatch steps the trials ran: epochs × ⌈n_train / batch⌉, from each trial's (or the spec's) batch size."""
-    import math
-
+@functools.lru_cache(maxsize=None)
+def _split_and_batch(spec: Path) -> tuple[int, int | str]:
+    """The spec's training-split size and base batch size (read once per spec, not once per sweep)."""
     from bpexp.data import load_dataset
     from bpexp.sweep import sweep_spec_from_dict
 
     sweep = sweep_spec_from_dict(yaml.safe_load(spec.read_text()), source=str(spec))
-    n_train = len(load_dataset(sweep.base.data, sweep.base.seed).train)
+    return len(load_dataset(sweep.base.data, sweep.base.seed).train), sweep.base.optim.batch_size
+
+
+def steps_total(spec: Path, trials: list[dict]) -> int:
+    """Minibatch steps the trials ran: epochs × ⌈n_train / batch⌉, from each trial's (or the spec's) batch size."""
+    n_train, base_batch = _split_and_batch(spec)
     total = 0
     for trial in trials:
-        batch = (trial.get("params") or {}).get("optim.batch_size", sweep.base.optim.batch_size)
+        batch = (trial.get("params") or {}).get("optim.batch_size", base_batch)
         per_epoch = 1 if batch == "full" else math.ceil(n_train / min(int(batch), n_train))
         total += (trial["epochs"] or 0) * per_epoch
     return total

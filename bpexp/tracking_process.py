@@ -46,7 +46,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
 from bpexp.errors import ServiceError
-from bpexp.tracking import DEFAULT_EXPERIMENT, MlflowTracker, RunRecord, Tracker, probe_tracking_uri, resolve_tracking_uri
+from bpexp.tracking import (
+    DEFAULT_EXPERIMENT,
+    MlflowTracker,
+    RunRecord,
+    Tracker,
+    curves_png,
+    probe_tracking_uri,
+    resolve_tracking_uri,
+)
 
 PENDING_PREFIX = "bpexp-pending-run-"
 """Pending run ids start with this; the child maps them to the ids MLflow gives."""
@@ -380,8 +388,6 @@ class _Writer:
         args = tuple(self.real(a) for a in args)
         if method == "log_artifact_files":
             run_id, files = args
-            import tempfile
-
             with tempfile.TemporaryDirectory(prefix="bpexp-artifacts-") as tmp:
                 for relative, data in files.items():
                     target = Path(tmp, relative)
@@ -393,8 +399,6 @@ class _Writer:
             found = self.tracker.download_artifact(*args)
             return None if found is None else str(found)
         if method == "prepare_curves":
-            from bpexp.tracking import curves_png
-
             run_id, history, title = args
             self.prepared = (run_id, title, curves_png(history, title))
             return None
