@@ -537,6 +537,9 @@ class MlflowTracker(Tracker):
         self.experiment = experiment or DEFAULT_EXPERIMENT
         self._client = None
         self._experiment_id: str | None = None
+        # run id -> artifact URI, from the run as created: MLflow's own log_artifacts reads the
+        # whole run back from the store (params, tags, metrics) to learn it, on every new run
+        self._artifact_uris: dict[str, str] = {}
 
     # -- plumbing
     @property
@@ -626,6 +629,8 @@ class MlflowTracker(Tracker):
         run = self._call(
             lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name), f"creating run {name!r}"
         )
+        if run.info.artifact_uri and not self.uri.startswith("databricks"):  # Databricks adds a profile to the URI
+            self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
     def log_batch(
@@ -651,11 +656,19 @@ class MlflowTracker(Tracker):
             )
 
     def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
-        self._call(lambda: self.client.log_artifacts(run_id, str(local_dir)), "uploading artifacts")
+        artifact_uri = self._artifact_uris.get(run_id)
+        if artifact_uri is None:
+            self._call(lambda: self.client.log_artifacts(run_id, str(local_dir)), "uploading artifacts")
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repository = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+        self._call(lambda: repository.log_artifacts(str(local_dir)), "uploading artifacts")
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         _check_status(status)
         self._call(lambda: self.client.set_terminated(run_id, status=status), f"ending run as {status}")
+        self._artifact_uris.pop(run_id, None)  # later artifacts (a sweep's best curves) are rare
 
     def reopen_run(self, run_id: str) -> None:
         self._call(lambda: self.client.update_run(run_id, status="RUNNING"), "reopening run")

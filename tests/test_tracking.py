@@ -222,6 +222,28 @@ def test_metrics_go_in_batches_of_at_most_1000(mlflow_sqlite_uri, monkeypatch):
     assert calls == [(950, 1, 1)]  # one request when everything fits
 
 
+
+def test_artifacts_of_a_run_created_here_need_no_read_back(mlflow_sqlite_uri, monkeypatch, tmp_path):
+    # MLflow's own log_artifacts reads the whole run back to learn its artifact URI; the
+    # tracker knows it from creating the run (a sweep writes one such run per trial)
+    tracker = MlflowTracker(mlflow_sqlite_uri, "artifact-uri")
+    tracker.check()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "history.json").write_text("{}")
+    run_id = tracker.start_run("trial")
+    service = tracker.client._tracking_client
+    original = service.get_run
+    reads = []
+    monkeypatch.setattr(service, "get_run", lambda *args: reads.append(args) or original(*args))
+    tracker.log_artifacts(run_id, folder)
+    assert reads == []
+    tracker.end_run(run_id)
+    (folder / "curves.png").write_bytes(b"png")  # after the end (a sweep's best curves): MLflow's own way
+    tracker.log_artifacts(run_id, folder)
+    monkeypatch.undo()
+    assert tracker.read_run(run_id).artifacts == ["curves.png", "history.json"]
+
 def test_epoch_logger_sends_only_its_keys_once_each_epoch(make_config):
     result = train(make_config(train={"max_epochs": 4}))
 
