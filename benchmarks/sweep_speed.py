@@ -4,13 +4,15 @@ Runs ``bpexp sweep SPEC --json`` as a user would (a fresh folder per run, so eve
 run starts from an empty study) and reports, in one run:
 
 1. tracking cost: the sweep's wall time with MLflow tracking (the default SQLite
-   store, already created, as after a first run) against ``--no-track``, interleaved
-   and repeated; goal ≤ 5 %;
+   store, already created, as after a first run) against ``--no-track``, run as
+   pairs one after the other and repeated, the median of the pairs' ratios; goal
+   ≤ 5 %; also without pruning and with 2 workers;
 2. throughput: finished trials (and minibatch steps) per minute with 1 and 2 workers,
    tracked and with ``--no-track``; goal ≥ 1.8× with 2 workers on 2 cores. With the
    pruner on, the two sweeps do different work (each worker samples its own trials,
    and the median pruner judges them against different peers), so the same is also
-   measured on the spec without pruning, where every trial runs its whole budget;
+   measured on the spec without pruning, where every trial runs its whole budget
+   (repeated and interleaved like the rest);
    and, for the ceiling, what the machine gives two trainings side by side against
    one alone;
 3. pruning: the epochs the sweep spends with its pruner against the same sweep
@@ -184,7 +186,7 @@ def median(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="a sweep spec [experiments/digits_sweep.yaml]")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant: tracked or not, 1 or 2 workers [2]")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant: tracked or not, 1 or 2 workers, with the spec's pruner or none [2]")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
 
@@ -193,23 +195,25 @@ def main(argv: list[str] | None = None) -> int:
         template = migrated_store(work)
         log("two trainings side by side against one alone ...")
         ceiling = machine_ceiling()
-        flags = {"tracked, 1 worker": [], "--no-track, 1 worker": ["--no-track"], "tracked, 2 workers": ["--workers", "2"],
-                 "--no-track, 2 workers": ["--no-track", "--workers", "2"]}
-        variants: dict[str, list[dict]] = {name: [] for name in flags}
-        order = list(variants)
-        for repeat in range(args.repeats):
-            # interleave, rotating the order, so that drifting machine load hits every variant alike
-            for name in order[repeat % len(order):] + order[: repeat % len(order)]:
-                log(f"[{repeat + 1}/{args.repeats}] {name} ...")
-                result = run_sweep(args.spec, template, *flags[name])
-                log(f"    {result['wall']:.1f} s wall, {result['finished_trials']} trials, {result['epochs_total']} epochs")
-                variants[name].append(result)
+        flags = {"tracked": [], "--no-track": ["--no-track"]}
+        workers = {"1 worker": [], "2 workers": ["--workers", "2"]}
+        variants: dict[str, list[dict]] = {f"{k}, {w}": [] for k in flags for w in workers}
         # the same work for 1 and 2 workers: no pruner, every trial runs its whole budget
-        unpruned: dict[str, dict] = {}
-        for name in order:
-            log(f"without pruning, {name} ...")
-            unpruned[name] = run_sweep(no_pruning_spec(args.spec, work), template, *flags[name])
-            log(f"    {unpruned[name]['wall']:.1f} s wall, {unpruned[name]['epochs_total']} epochs")
+        unpruned: dict[str, list[dict]] = {name: [] for name in variants}
+        flat_spec = no_pruning_spec(args.spec, work)
+        for repeat in range(args.repeats):
+            # what is compared runs side by side in time, so that the shared machine's drifting
+            # load hits both alike: tracked and --no-track as a pair, one first and then the
+            # other in turn; the 1-worker pair next to the 2-worker pair
+            kinds = list(flags) if repeat % 2 == 0 else list(reversed(flags))
+            for pruning in (True, False):
+                for count in workers:
+                    for kind in kinds:
+                        name = f"{kind}, {count}"
+                        log(f"[{repeat + 1}/{args.repeats}] {name}{'' if pruning else ', without pruning'} ...")
+                        result = run_sweep(args.spec if pruning else flat_spec, template, *flags[kind], *workers[count])
+                        log(f"    {result['wall']:.1f} s wall, {result['finished_trials']} trials, {result['epochs_total']} epochs")
+                        (variants if pruning else unpruned)[name].append(result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -218,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     tracked_cpu = median([r["cpu"] for r in variants["tracked, 1 worker"]])
     untracked_cpu = median([r["cpu"] for r in variants["--no-track, 1 worker"]])
     same_trials = len({r["epochs_total"] for r in variants["tracked, 1 worker"] + variants["--no-track, 1 worker"]}) == 1
+
+    def overheads(runs: dict[str, list[dict]], count: str) -> list[float]:
+        """Tracked wall time over --no-track's, pair by pair (each pair ran one after the other), minus one."""
+        return [t["wall"] / u["wall"] - 1 for t, u in zip(runs[f"tracked, {count}"], runs[f"--no-track, {count}"])]
 
     def per_minute(runs: list[dict], key: str) -> float:
         return median([r[key] / (r["wall"] / 60) for r in runs])
@@ -228,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     def scaling(kind: str) -> dict[str, Any]:
         one, two = variants[f"{kind}, 1 worker"], variants[f"{kind}, 2 workers"]
         flat_one, flat_two = unpruned[f"{kind}, 1 worker"], unpruned[f"{kind}, 2 workers"]
+        # the ratio within each repeat, whose runs were close in time: the spread says how far one run can be trusted
+        paired = [per_minute([b], "steps_total") / per_minute([a], "steps_total") for a, b in zip(flat_one, flat_two)]
+        paired_trials = [per_minute([b], "finished_trials") / per_minute([a], "finished_trials") for a, b in zip(flat_one, flat_two)]
         return {
             "one_worker_trials_per_min": per_minute(one, "finished_trials"),
             "two_workers_trials_per_min": per_minute(two, "finished_trials"),
@@ -236,15 +247,17 @@ def main(argv: list[str] | None = None) -> int:
             "steps": [median([r["steps_total"] for r in one]), median([r["steps_total"] for r in two])],
             "wall_s": [median([r["wall"] for r in one]), median([r["wall"] for r in two])],
             "speedup_trial_phase": phase_per_minute(two) / phase_per_minute(one),
-            "unpruned_wall_s": [flat_one["wall"], flat_two["wall"]],
-            "unpruned_steps": [flat_one["steps_total"], flat_two["steps_total"]],
-            "unpruned_speedup_trials": per_minute([flat_two], "finished_trials") / per_minute([flat_one], "finished_trials"),
-            "unpruned_speedup_steps": per_minute([flat_two], "steps_total") / per_minute([flat_one], "steps_total"),
+            "unpruned_wall_s": [median([r["wall"] for r in flat_one]), median([r["wall"] for r in flat_two])],
+            "unpruned_steps": [median([r["steps_total"] for r in flat_one]), median([r["steps_total"] for r in flat_two])],
+            "unpruned_cpu_s": [median([r["cpu"] for r in flat_one]), median([r["cpu"] for r in flat_two])],
+            "unpruned_speedup_trials": median(paired_trials),
+            "unpruned_speedup_steps": median(paired),
+            "unpruned_speedup_steps_runs": [round(x, 2) for x in paired],
             "goal": ">= 1.8",
         }
 
     pruned = variants["tracked, 1 worker"][0]
-    unpruned_one = unpruned["tracked, 1 worker"]
+    unpruned_one = unpruned["tracked, 1 worker"][0]
     report = {
         "spec": str(args.spec),
         "repeats": args.repeats,
@@ -253,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         "tracking": {
             "tracked_wall_s": tracked,
             "untracked_wall_s": untracked,
-            "overhead_fraction": (tracked - untracked) / untracked,
+            "overhead_fraction": median(overheads(variants, "1 worker")),
+            "overhead_runs": [round(x, 3) for x in overheads(variants, "1 worker")],
+            "unpruned_overhead_fraction": median(overheads(unpruned, "1 worker")),
+            "unpruned_overhead_runs": [round(x, 3) for x in overheads(unpruned, "1 worker")],
+            "two_workers_overhead_fraction": median(overheads(variants, "2 workers")),
+            "two_workers_unpruned_overhead_fraction": median(overheads(unpruned, "2 workers")),
             "tracked_runs_s": [round(r["wall"], 2) for r in variants["tracked, 1 worker"]],
             "untracked_runs_s": [round(r["wall"], 2) for r in variants["--no-track, 1 worker"]],
             "tracked_cpu_s": tracked_cpu,
@@ -278,12 +296,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t, w, p = report["tracking"], report["workers"], report["pruning"]
     print(f"sweep speed: {args.spec.name}, {report['cores']} cores, median of {args.repeats} interleaved runs")
-    print(f"  tracking    tracked {t['tracked_wall_s']:.1f} s vs --no-track {t['untracked_wall_s']:.1f} s wall: "
-          f"{100 * t['overhead_fraction']:+.1f} % (goal ≤ 5 %); CPU {t['tracked_cpu_s']:.1f} s vs "
-          f"{t['untracked_cpu_s']:.1f} s: {100 * t['cpu_overhead_fraction']:+.1f} %"
+    print(f"  tracking    tracked {t['tracked_wall_s']:.1f} s vs --no-track {t['untracked_wall_s']:.1f} s wall (medians); "
+          f"pair by pair {100 * t['overhead_fraction']:+.1f} % (median of {[round(100 * x, 1) for x in t['overhead_runs']]} %; "
+          f"goal ≤ 5 %); CPU {t['tracked_cpu_s']:.1f} s vs {t['untracked_cpu_s']:.1f} s: {100 * t['cpu_overhead_fraction']:+.1f} %"
           + ("" if t["same_trials"] else "  [the two ran different trials]"))
     print(f"              runs: tracked {t['tracked_runs_s']} s, --no-track {t['untracked_runs_s']} s; "
           f"load average {', '.join(f'{x:.1f}' for x in report['load_average'] or [])}")
+    print(f"              without pruning, 1 worker: {100 * t['unpruned_overhead_fraction']:+.1f} % "
+          f"(pairs {[round(100 * x, 1) for x in t['unpruned_overhead_runs']]} %); with 2 workers: "
+          f"{100 * t['two_workers_overhead_fraction']:+.1f} %, without pruning {100 * t['two_workers_unpruned_overhead_fraction']:+.1f} %")
     c = report["workers"]["machine_ceiling"]
     print(f"  cores       two digits MLP trainings side by side: {c['side_by_side_s']:.2f} s against {c['alone_s']:.2f} s alone, "
           f"{c['throughput_ratio']:.2f}× the throughput of one (the ceiling for 2 workers)")
@@ -294,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{w['wall_s'][0]:.1f} s vs {w['wall_s'][1]:.1f} s), {w['speedup_trial_phase']:.2f}× from the first trial's start "
               f"to the last one's end")
         print(f"              but other trials, other pruning: {w['steps'][0]} vs {w['steps'][1]} minibatch steps, steps/min "
-              f"{w['speedup_steps']:.2f}×; the same work without pruning: {w['unpruned_wall_s'][0]:.1f} s vs "
-              f"{w['unpruned_wall_s'][1]:.1f} s, trials/min {w['unpruned_speedup_trials']:.2f}×, steps/min "
-              f"{w['unpruned_speedup_steps']:.2f}× ({w['unpruned_steps'][0]} vs {w['unpruned_steps'][1]} steps)")
+              f"{w['speedup_steps']:.2f}×")
+        print(f"              the same work without pruning: {w['unpruned_wall_s'][0]:.1f} s vs {w['unpruned_wall_s'][1]:.1f} s "
+              f"({w['unpruned_cpu_s'][0]:.1f} s vs {w['unpruned_cpu_s'][1]:.1f} s CPU), trials/min "
+              f"{w['unpruned_speedup_trials']:.2f}×, steps/min {w['unpruned_speedup_steps']:.2f}× "
+              f"({w['unpruned_steps'][0]:.0f} vs {w['unpruned_steps'][1]:.0f} steps; per repeat {w['unpruned_speedup_steps_runs']})")
     print(f"  pruning     {p['epochs_with_pruning']} epochs with the pruner ({p['pruned_trials']} trials pruned) vs "
           f"{p['epochs_without_pruning']} without ({100 * p['epochs_saved_fraction']:.0f} % saved); best {p['objective'][0]} "
           f"{p['best_with_pruning']:.4f} vs {p['best_without_pruning']:.4f}")

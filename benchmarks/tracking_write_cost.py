@@ -4,11 +4,20 @@ A trial run is written as a sweep writes it: ``start_run`` nested under a parent
 one ``log_batch`` (the per-epoch metrics, the final metrics, the flattened config,
 the tags), the artifacts (history.json and weights.npz) and ``end_run``. This
 script writes ``--trials`` such runs of a digits MLP trained for ``--epochs``
-epochs into a fresh SQLite store, in this process, and prints the CPU time per run
-for ``sweep.metrics: curves`` (5 series per epoch) and ``all`` (11), interleaved.
+epochs and prints the CPU time per run for ``sweep.metrics: curves`` (5 series per
+epoch) and ``all`` (11), interleaved, in this process:
+
+- into a fresh SQLite store, the default: this process runs MLflow's SQLAlchemy
+  store, so the figure is all the CPU a run costs;
+- with ``--server``, also through a real ``mlflow server`` on 127.0.0.1 over its
+  own SQLite store, as a team's tracking server: the client's CPU per run (what the
+  sweep's machine spends) and the server's (read from /proc, Linux only).
+
+It also prints what a tracking process pays once: importing MLflow and opening
+the store, in a fresh interpreter.
 
     python benchmarks/tracking_write_cost.py
-    python benchmarks/tracking_write_cost.py --trials 40 --json
+    python benchmarks/tracking_write_cost.py --server --trials 40 --json
 
 Not a test: the figures depend on the machine.
 """
@@ -16,12 +25,87 @@ Not a test: the figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Iterator
+
+OPEN_COST = """
+import sys, time
+started = time.process_time()
+from bpexp.tracking import MlflowTracker
+MlflowTracker(sys.argv[1], "open-cost").check()
+print(time.process_time() - started)
+"""
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def open_cost(uri: str) -> float:
+    """CPU seconds a fresh interpreter spends importing MLflow and opening ``uri`` (as a tracking process does once)."""
+    done = subprocess.run([sys.executable, "-c", OPEN_COST, uri], env=ENV, check=True, capture_output=True, text=True)
+    return float(done.stdout.split()[-1])
+
+
+def session_cpu(session: int) -> float | None:
+    """CPU seconds of every live process in ``session`` (a server and its workers), from /proc; None off Linux."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except FileNotFoundError:
+        return None
+    for pid in pids:
+        try:
+            fields = Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # field 6 of stat, the session id
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, timeout: float = 120.0) -> Iterator[tuple[str, int]]:
+    """``mlflow server`` on 127.0.0.1 over a fresh SQLite store; yields its URI and session id."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(folder / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+             "--artifacts-destination", str(folder / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"mlflow server exited: {(folder / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"mlflow server did not answer within {timeout:.0f} s")
+            time.sleep(0.5)
+        yield uri, proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20, help="runs written per variant and round [20]")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported [3]")
     parser.add_argument("--epochs", type=int, default=60, help="epochs of the trained run [60, the digits sweep's budget]")
+    parser.add_argument("--server", action="store_true", help="also write through a real mlflow server on 127.0.0.1")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     from bpexp.config import config_from_dict
     from bpexp.tracking import CURVE_METRICS, EPOCH_METRICS, EpochLogger, MlflowTracker, log_result
@@ -40,38 +126,65 @@ def main(argv: list[str] | None = None) -> int:
                                "optim": {"lr": 0.05, "batch_size": 32}, "train": {"max_epochs": args.epochs}})
     result = train(config)
     variants = {"curves": CURVE_METRICS, "all": EPOCH_METRICS}
-    per_run: dict[str, list[float]] = {name: [] for name in variants}
-    with tempfile.TemporaryDirectory(prefix="bpexp-bench-") as folder:
-        tracker = MlflowTracker(f"sqlite:///{Path(folder, 'mlflow.db')}", "write-cost")
-        tracker.check()
-        parent = tracker.start_run("parent")
+    summary: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bpexp-bench-") as folder, contextlib.ExitStack() as stack:
+        stores = {"sqlite": (f"sqlite:///{Path(folder, 'mlflow.db')}", None)}
+        if args.server:
+            stores["server"] = stack.enter_context(mlflow_server(Path(folder)))
+        for store, (uri, session) in stores.items():
+            tracker = MlflowTracker(uri, "write-cost")
+            tracker.check()
+            parent = tracker.start_run("parent")
 
-        def write(keys: tuple[str, ...]) -> None:
-            run_id = tracker.start_run("trial", parent_run_id=parent, tags={"bpexp.kind": "trial"})
-            log_result(tracker, run_id, result, params={"trial_number": 0}, curves=False,
-                       logger=EpochLogger(tracker, run_id, keys=keys))
-            tracker.end_run(run_id, "FINISHED")
+            def write(keys: tuple[str, ...]) -> None:
+                run_id = tracker.start_run("trial", parent_run_id=parent, tags={"bpexp.kind": "trial"})
+                log_result(tracker, run_id, result, params={"trial_number": 0}, curves=False,
+                           logger=EpochLogger(tracker, run_id, keys=keys))
+                tracker.end_run(run_id, "FINISHED")
 
-        for keys in variants.values():  # warm up: the first runs of a store pay for its caches
-            write(keys)
-        for _ in range(args.rounds):
-            for name, keys in variants.items():
-                started = time.process_time()
-                for _ in range(args.trials):
-                    write(keys)
-                per_run[name].append((time.process_time() - started) / args.trials)
-    summary = {name: {"series_per_epoch": len(variants[name]), "metric_rows": len(variants[name]) * result.epochs,
-                      "cpu_ms_per_run": 1e3 * statistics.median(values)} for name, values in per_run.items()}
+            for keys in variants.values():  # warm up: the first runs of a store pay for its caches
+                write(keys)
+            client: dict[str, list[float]] = {name: [] for name in variants}
+            server: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(args.rounds):
+                for name, keys in variants.items():
+                    server_before = session_cpu(session) if session is not None else None
+                    started = time.process_time()
+                    for _ in range(args.trials):
+                        write(keys)
+                    client[name].append((time.process_time() - started) / args.trials)
+                    if server_before is not None:
+                        server[name].append((session_cpu(session) - server_before) / args.trials)
+            log(f"{store}: importing MLflow and opening the store in a fresh interpreter ...")
+            summary[store] = {
+                "uri": uri.split("://")[0],
+                "open_cpu_s": open_cost(uri),
+                "variants": {
+                    name: {"series_per_epoch": len(variants[name]), "metric_rows": len(variants[name]) * result.epochs,
+                           "cpu_ms_per_run": 1e3 * statistics.median(client[name]),
+                           "server_cpu_ms_per_run": 1e3 * statistics.median(server[name]) if server[name] else None}
+                    for name in variants
+                },
+            }
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"one trial run ({result.epochs} epochs) written to a SQLite store, CPU time per run, median of {args.rounds} rounds")
-    for name, row in summary.items():
-        print(f"  sweep.metrics: {name:<6}  {row['series_per_epoch']:2d} series, {row['metric_rows']:4d} per-epoch rows: "
-              f"{row['cpu_ms_per_run']:6.1f} ms")
-    ratio = summary["curves"]["cpu_ms_per_run"] / summary["all"]["cpu_ms_per_run"]
-    print(f"  curves / all: {ratio:.2f}")
+    print(f"one trial run ({result.epochs} epochs) written as a sweep writes it, CPU time per run, median of {args.rounds} rounds")
+    for store, row in summary.items():
+        where = "a SQLite store, in this process" if store == "sqlite" else "an mlflow server on 127.0.0.1 (SQLite behind it)"
+        print(f"  {where}: importing MLflow and opening the store {row['open_cpu_s']:.2f} s once")
+        for name, cost in row["variants"].items():
+            server_part = (f", the server {cost['server_cpu_ms_per_run']:6.1f} ms" if cost["server_cpu_ms_per_run"] is not None
+                           else "")
+            print(f"    sweep.metrics: {name:<6}  {cost['series_per_epoch']:2d} series, {cost['metric_rows']:4d} per-epoch rows: "
+                  f"{cost['cpu_ms_per_run']:6.1f} ms{server_part}")
+        ratio = row["variants"]["curves"]["cpu_ms_per_run"] / row["variants"]["all"]["cpu_ms_per_run"]
+        print(f"    curves / all: {ratio:.2f}")
     return 0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

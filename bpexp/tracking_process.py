@@ -3,9 +3,10 @@
 :class:`ProcessTracker` is a :class:`~bpexp.tracking.Tracker` whose calls go to a child
 process (``python -m bpexp.tracking_process``) that owns the real
 :class:`~bpexp.tracking.MlflowTracker`. Importing MLflow, opening its store, creating
-runs and writing them all cost CPU in Python (about 1.5 s once, then ~30 ms per
-trial on SQLite) and waits on the store; in a thread they would share the GIL with
-the training loop, in the child they run beside it on the other core.
+runs and writing them all cost CPU in Python (about 3 s once, then 40-90 ms per
+trial run on SQLite: ``python benchmarks/tracking_write_cost.py``) and waits on the
+store; in a thread they would share the GIL with the training loop, in the child
+they run beside it on the other core.
 
 - Writes are queued and return at once; they reach the store in call order.
 - :meth:`ProcessTracker.start_run` returns a *pending* run id at once; any later
