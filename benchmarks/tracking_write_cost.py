@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -75,32 +74,18 @@ def session_cpu(session: int) -> float | None:
 
 @contextlib.contextmanager
 def mlflow_server(folder: Path, timeout: float = 120.0) -> Iterator[tuple[str, int]]:
-    """``mlflow server`` on 127.0.0.1 over a fresh SQLite store; yields its URI and session id."""
+    """``mlflow server`` on 127.0.0.1 over a fresh SQLite store, as ``bpexp ui`` starts it; yields its URI and session id."""
+    from bpexp.cli.ui_cmd import server_command, wait_for_health
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    command = server_command(f"sqlite:///{folder / 'server.db'}", "127.0.0.1", port, str(folder / "server-artifacts"), auth=False)
     with open(folder / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-             "--artifacts-destination", str(folder / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
-        )
+        proc = subprocess.Popen(command + ["--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"mlflow server exited: {(folder / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"mlflow server did not answer within {timeout:.0f} s")
-            time.sleep(0.5)
+        wait_for_health(uri, proc, timeout)
         yield uri, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
