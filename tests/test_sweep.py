@@ -585,9 +585,10 @@ def test_a_run_left_running_by_a_dead_worker_is_closed(tmp_path, mlflow_sqlite_u
 
 @pytest.mark.parametrize("direction,values,drawn", [
     ("minimize", [0.5, 0.7, float("nan"), 0.4, 0.4], [0, 3]),
-    ("maximize", [0.5, 0.7, 0.6, float("inf")], [0, 1]),
+    ("maximize", [0.5, 0.7, 0.6, float("inf")], [1]),  # trial 1 beat trial 0 at once: 0 is never drawn
+    ("minimize", [0.5, 0.4, 0.3, None, 0.2], [2]),  # None: pruned; the last trial's best is drawn at the end
 ])
-def test_best_curves_are_drawn_ahead_for_each_new_best_only(direction, values, drawn):
+def test_best_curves_are_drawn_ahead_for_each_best_that_outlives_the_next_trial(direction, values, drawn):
     from types import SimpleNamespace
 
     from bpexp.sweep.worker import BestCurves
@@ -602,5 +603,7 @@ def test_best_curves_are_drawn_ahead_for_each_new_best_only(direction, values, d
     spec = SimpleNamespace(study_name="s", sweep=SimpleNamespace(directions=[direction]))
     best = BestCurves(tracker, spec, Study())
     for number, value in enumerate(values):
-        best.offer(f"run-{number}", number, value, history=None)
+        if value is not None:
+            best.offer(f"run-{number}", number, value, history=None)
+        best.trial_ended(number)
     assert prepared == [(f"run-{n}", f"s trial {n}") for n in drawn]

@@ -325,31 +325,43 @@ def curves_title(study_name: str, number: int) -> str:
 
 
 class BestCurves:
-    """Has the tracking process draw each new best trial's curves.png while the next trials train.
+    """Has the tracking process draw the best trial's curves.png while the next trials train.
 
     The sweep stores the best trial's curves at its end; drawn then, they were the
     largest part of the wait after the last trial (0.3 s). Only for a worker alone on
     its machine, whose tracking process has a core to itself: beside other workers
-    the drawing would take their time.
+    the drawing would take their time. A new best is sent to be drawn once the next
+    trial has ended without beating it, so that a best the very next trial beats (the
+    common case early in a sweep) costs no drawing; a best found by the last trial is
+    drawn at the end, as without this.
     """
 
     def __init__(self, tracker: "Tracker", spec: SweepSpec, study: Any) -> None:
         self.tracker = tracker
         self.study_name = spec.study_name
         self.minimize = spec.sweep.directions[0] == "minimize"
+        self.waiting: tuple[int, str, Any] | None = None  # (trial number, run id, history) of a best not yet sent
         try:
             self.best: float | None = study.best_value
         except (ValueError, RuntimeError):  # no complete trial yet (RuntimeError: several objectives)
             self.best = None
 
     def offer(self, run_id: str, number: int, value: float, history: Any) -> None:
-        """Draw ahead if ``value`` beats every value seen so far."""
+        """Keep this trial for drawing if ``value`` beats every value seen so far (replacing an unsent best)."""
         if not math.isfinite(value):
             return
         if self.best is not None and not (value < self.best if self.minimize else value > self.best):
             return
         self.best = value
-        self.tracker.prepare_curves(run_id, history, curves_title(self.study_name, number))
+        self.waiting = (number, run_id, history)
+
+    def trial_ended(self, number: int) -> None:
+        """Trial ``number`` is over: send the best kept for drawing, unless this very trial made it."""
+        if self.waiting is None or self.waiting[0] == number:
+            return
+        best_number, run_id, history = self.waiting
+        self.waiting = None
+        self.tracker.prepare_curves(run_id, history, curves_title(self.study_name, best_number))
 
 
 class Recorder:
@@ -702,6 +714,8 @@ def run_worker(
             )
             if parent_run_id is None and job.parent_from_study:
                 orphans.extend(runs)
+            if best_curves is not None:
+                best_curves.trial_ended(trial.number)
             stats.trials.append(trial.number)
             if late and all(tracker.resolved(pending) is not None for pending in late.values()):
                 store_late_run_ids(study, tracker, late, me)  # the tracking process caught up: write them now
