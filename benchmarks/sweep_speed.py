@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         """Tracked wall time over --no-track's, pair by pair (each pair ran one after the other), minus one."""
         return [t["wall"] / u["wall"] - 1 for t, u in zip(runs[f"tracked, {count}"], runs[f"--no-track, {count}"])]
 
+    pairs = {(spec, count): overheads(runs, count) for spec, runs in (("pruned", variants), ("unpruned", unpruned))
+             for count in ("1 worker", "2 workers")}
+
     def per_minute(runs: list[dict], key: str) -> float:
         return median([r[key] / (r["wall"] / 60) for r in runs])
 
@@ -237,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         one, two = variants[f"{kind}, 1 worker"], variants[f"{kind}, 2 workers"]
         flat_one, flat_two = unpruned[f"{kind}, 1 worker"], unpruned[f"{kind}, 2 workers"]
         # the ratio within each repeat, whose runs were close in time: the spread says how far one run can be trusted
-        paired = [per_minute([b], "steps_total") / per_minute([a], "steps_total") for a, b in zip(flat_one, flat_two)]
-        paired_trials = [per_minute([b], "finished_trials") / per_minute([a], "finished_trials") for a, b in zip(flat_one, flat_two)]
+        paired = {key: [per_minute([b], key) / per_minute([a], key) for a, b in zip(flat_one, flat_two)]
+                  for key in ("steps_total", "finished_trials")}
         return {
             "one_worker_trials_per_min": per_minute(one, "finished_trials"),
             "two_workers_trials_per_min": per_minute(two, "finished_trials"),
@@ -250,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             "unpruned_wall_s": [median([r["wall"] for r in flat_one]), median([r["wall"] for r in flat_two])],
             "unpruned_steps": [median([r["steps_total"] for r in flat_one]), median([r["steps_total"] for r in flat_two])],
             "unpruned_cpu_s": [median([r["cpu"] for r in flat_one]), median([r["cpu"] for r in flat_two])],
-            "unpruned_speedup_trials": median(paired_trials),
-            "unpruned_speedup_steps": median(paired),
-            "unpruned_speedup_steps_runs": [round(x, 2) for x in paired],
+            "unpruned_speedup_trials": median(paired["finished_trials"]),
+            "unpruned_speedup_steps": median(paired["steps_total"]),
+            "unpruned_speedup_steps_runs": [round(x, 2) for x in paired["steps_total"]],
             "goal": ">= 1.8",
         }
 
@@ -266,12 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         "tracking": {
             "tracked_wall_s": tracked,
             "untracked_wall_s": untracked,
-            "overhead_fraction": median(overheads(variants, "1 worker")),
-            "overhead_runs": [round(x, 3) for x in overheads(variants, "1 worker")],
-            "unpruned_overhead_fraction": median(overheads(unpruned, "1 worker")),
-            "unpruned_overhead_runs": [round(x, 3) for x in overheads(unpruned, "1 worker")],
-            "two_workers_overhead_fraction": median(overheads(variants, "2 workers")),
-            "two_workers_unpruned_overhead_fraction": median(overheads(unpruned, "2 workers")),
+            "overhead_fraction": median(pairs["pruned", "1 worker"]),
+            "overhead_runs": [round(x, 3) for x in pairs["pruned", "1 worker"]],
+            "unpruned_overhead_fraction": median(pairs["unpruned", "1 worker"]),
+            "unpruned_overhead_runs": [round(x, 3) for x in pairs["unpruned", "1 worker"]],
+            "two_workers_overhead_fraction": median(pairs["pruned", "2 workers"]),
+            "two_workers_unpruned_overhead_fraction": median(pairs["unpruned", "2 workers"]),
             "tracked_runs_s": [round(r["wall"], 2) for r in variants["tracked, 1 worker"]],
             "untracked_runs_s": [round(r["wall"], 2) for r in variants["--no-track, 1 worker"]],
             "tracked_cpu_s": tracked_cpu,

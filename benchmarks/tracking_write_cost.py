@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import log  # noqa: E402
+
 OPEN_COST = """
 import sys, time
 started = time.process_time()
@@ -166,10 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         ratio = row["variants"]["curves"]["cpu_ms_per_run"] / row["variants"]["all"]["cpu_ms_per_run"]
         print(f"    curves / all: {ratio:.2f}")
     return 0
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
