@@ -73,6 +73,8 @@ TAG_VERSION = "bpexp.version"
 TAG_ERROR = "bpexp.error"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+#: Set to 0 to have MLflow's own log_batch write every batch (see bpexp.tracking_sql).
+FAST_WRITES_ENV = "BPEXP_SQL_BATCH_WRITES"
 #: A JSON object of tags added to every run an MlflowTracker starts in this process and
 #: its sweep workers (they inherit the environment); tags given to start_run win. A batch
 #: sets it so that every run it causes names the batch and the batch's own run.
@@ -540,6 +542,8 @@ class MlflowTracker(Tracker):
         # run id -> artifact URI, from the run as created: MLflow's own log_artifacts reads the
         # whole run back from the store (params, tags, metrics) to learn it, on every new run
         self._artifact_uris: dict[str, str] = {}
+        self._open_here: set[str] = set()  # runs this tracker created and has not ended
+        self._batch_writer: Any = False  # a tracking_sql.SqlRunWriter, None where it does not apply; False: not asked yet
 
     # -- plumbing
     @property
@@ -631,7 +635,31 @@ class MlflowTracker(Tracker):
         )
         if run.info.artifact_uri and not self.uri.startswith("databricks"):  # Databricks adds a profile to the URI
             self._artifact_uris[run.info.run_id] = run.info.artifact_uri
+        self._open_here.add(run.info.run_id)
         return run.info.run_id
+
+    def _sql_writer(self) -> Any:
+        """The store's :class:`~bpexp.tracking_sql.SqlRunWriter`, or None where MLflow's own log_batch writes."""
+        if self._batch_writer is False:
+            self._batch_writer = None
+            if os.environ.get(FAST_WRITES_ENV, "1") != "0":
+                from bpexp.tracking_sql import SqlRunWriter
+
+                store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+                self._batch_writer = SqlRunWriter.for_store(store) if store is not None else None
+        return self._batch_writer
+
+    def _write_past_orm(self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> bool:
+        """Store a batch of a run created here with :mod:`bpexp.tracking_sql`; False if MLflow must write it."""
+        writer = self._sql_writer() if run_id in self._open_here else None
+        if writer is None:
+            return False
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            return self._call(lambda: writer.write(run_id, metrics, params, tags), "logging metrics, params and tags")
+        except IntegrityError:  # another process wrote the same key at once: MLflow sorts it out
+            return False
 
     def log_batch(
         self,
@@ -647,6 +675,8 @@ class MlflowTracker(Tracker):
         metric_items = [Metric(str(k), float(v) if v is not None else math.nan, now, int(step)) for k, v, step in metrics]
         param_items = [Param(str(k), _param_value(v)) for k, v in (params or {}).items()]
         tag_items = [RunTag(str(k), _tag_value(v)) for k, v in (tags or {}).items()]
+        if self._write_past_orm(run_id, metric_items, param_items, tag_items):
+            return
         for m, p, t in batch_slices(len(metric_items), len(param_items), len(tag_items)):
             self._call(
                 lambda m=m, p=p, t=t: self.client.log_batch(
@@ -667,8 +697,12 @@ class MlflowTracker(Tracker):
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         _check_status(status)
-        self._call(lambda: self.client.set_terminated(run_id, status=status), f"ending run as {status}")
+        writer = self._sql_writer() if run_id in self._open_here else None
+        end_time = int(time.time() * 1000)
+        if writer is None or not self._call(lambda: writer.end(run_id, status, end_time), f"ending run as {status}"):
+            self._call(lambda: self.client.set_terminated(run_id, status=status), f"ending run as {status}")
         self._artifact_uris.pop(run_id, None)  # later artifacts (a sweep's best curves) are rare
+        self._open_here.discard(run_id)
 
     def reopen_run(self, run_id: str) -> None:
         self._call(lambda: self.client.update_run(run_id, status="RUNNING"), "reopening run")

@@ -1,0 +1,226 @@
+"""SqlRunWriter against MLflow itself: the same batches, written past the ORM and by MLflow, read back the same.
+
+MLflow's own ``log_batch`` and ``set_terminated`` are the oracle. Each test writes
+one run through :class:`bpexp.tracking_sql.SqlRunWriter` and a twin run through
+MlflowClient, then compares what MlflowClient reads back from both: every metric's
+whole history, the latest values, params, tags, status and end time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bpexp.tracking import FAST_WRITES_ENV, MlflowTracker
+from bpexp.tracking_sql import SqlRunWriter, _fills
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _client_and_writer(uri: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    writer = SqlRunWriter.for_store(client._tracking_client.store)
+    assert writer is not None
+    name = f"sql-writer-{os.urandom(4).hex()}"
+    experiment_id = client.create_experiment(name)
+    return client, writer, experiment_id
+
+
+def _entities(batch):
+    from mlflow.entities import Metric, Param, RunTag
+
+    metrics, params, tags = batch
+    return ([Metric(k, v, ts, step) for k, v, ts, step in metrics], [Param(k, v) for k, v in params.items()],
+            [RunTag(k, v) for k, v in tags.items()])
+
+
+def _same(value: float) -> str:
+    # exact, and NaN equal to NaN: compare the values' reprs
+    return repr(float(value))
+
+
+def _read(client, run_id: str) -> dict:
+    run = client.get_run(run_id)
+    history = {
+        key: sorted((m.step, m.timestamp, _same(m.value)) for m in client.get_metric_history(run_id, key))
+        for key in run.data.metrics
+    }
+    tags = {k: v for k, v in run.data.tags.items() if k != "mlflow.runName"}
+    return {"latest": {k: _same(v) for k, v in run.data.metrics.items()}, "history": history,
+            "params": dict(run.data.params), "tags": tags, "status": run.info.status, "end_time": run.info.end_time}
+
+
+def _write_both(uri: str, batches) -> tuple[dict, dict]:
+    """Write ``batches`` to one run past the ORM and to a twin by MLflow; return both as read back."""
+    client, writer, experiment_id = _client_and_writer(uri)
+    ours = client.create_run(experiment_id).info.run_id
+    theirs = client.create_run(experiment_id).info.run_id
+    for batch in batches:
+        metrics, params, tags = _entities(batch)
+        assert writer.write(ours, metrics, params, tags)
+        client.log_batch(theirs, metrics=metrics, params=params, tags=tags, synchronous=True)
+    return _read(client, ours), _read(client, theirs)
+
+
+KEYS = st.sampled_from(["loss", "val_loss", "lr", "final.val_accuracy"])
+VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0]),
+)
+METRIC = st.tuples(KEYS, VALUES, st.integers(0, 3) .map(lambda t: 1_700_000_000_000 + t), st.integers(-2, 6))
+BATCH = st.tuples(
+    st.lists(METRIC, max_size=25),
+    st.dictionaries(st.sampled_from(["optim.lr", "seed", "trial_number"]), st.sampled_from(["0.1", "7"]), max_size=2),
+    st.dictionaries(st.sampled_from(["bpexp.diagnosis", "bpexp.stop_reason"]), st.text(max_size=12), max_size=2),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(BATCH, min_size=1, max_size=3))
+def test_reads_back_as_mlflow_writes_on_sqlite(batches, mlflow_sqlite_uri):
+    # several batches per run: a later batch's values must replace a key's latest only by
+    # MLflow's rule, (step, timestamp, value) greater; repeated identical rows stored once;
+    # NaN and ±inf sanitised as MLflow stores them. A param that would change value is left
+    # to MLflow, which refuses it: keep each param key's first value across batches.
+    first: dict[str, str] = {}
+    fixed = []
+    for metrics, params, tags in batches:
+        params = {k: first.setdefault(k, v) for k, v in params.items()}
+        fixed.append((metrics, params, tags))
+    ours, theirs = _write_both(mlflow_sqlite_uri, fixed)
+    assert ours == theirs
+
+
+def test_reads_back_as_mlflow_writes_on_postgres(mlflow_pg_uri):
+    ts = 1_700_000_000_000
+    batches = [
+        ([("loss", 2.0, ts, 1), ("loss", 1.5, ts, 2), ("loss", math.nan, ts, 3), ("lr", math.inf, ts, 1),
+          ("loss", 1.5, ts, 2)], {"optim.lr": "0.1", "seed": "0"}, {"bpexp.diagnosis": "none"}),
+        ([("loss", 1.0, ts + 5, 2), ("lr", -math.inf, ts, 4), ("val_loss", 0.5, ts, 0)], {"trial_number": "3"},
+         {"bpexp.diagnosis": "overfitting", "bpexp.stop_reason": "patience"}),
+    ]
+    ours, theirs = _write_both(mlflow_pg_uri, batches)
+    assert ours == theirs
+    assert ours["latest"]["loss"] == "nan"  # step 3 is the latest, as MLflow keeps it
+    assert ours["latest"]["lr"] == repr(-1.7976931348623157e308)  # -inf as MLflow stores it
+    assert len(ours["history"]["loss"]) == 4  # the repeated row once
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_end_sets_what_set_terminated_sets(store, request):
+    uri = request.getfixturevalue("mlflow_sqlite_uri" if store == "sqlite" else "mlflow_pg_uri")
+    client, writer, experiment_id = _client_and_writer(uri)
+    ours = client.create_run(experiment_id).info.run_id
+    theirs = client.create_run(experiment_id).info.run_id
+    assert writer.end(ours, "KILLED", 1_700_000_000_123)
+    client.set_terminated(theirs, "KILLED", end_time=1_700_000_000_123)
+    assert _read(client, ours) == _read(client, theirs)
+    assert _read(client, ours)["status"] == "KILLED"
+
+
+def test_a_deleted_run_is_left_to_mlflow(mlflow_sqlite_uri):
+    from mlflow.entities import Metric
+
+    client, writer, experiment_id = _client_and_writer(mlflow_sqlite_uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    client.delete_run(run_id)
+    assert writer.write(run_id, [Metric("loss", 1.0, 1, 1)]) is False
+    assert writer.end(run_id, "FINISHED", 1) is False
+    client.restore_run(run_id)
+    assert client.get_metric_history(run_id, "loss") == []
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+
+def test_a_changed_param_writes_nothing_and_is_left_to_mlflow(mlflow_sqlite_uri):
+    from mlflow.entities import Metric, Param, RunTag
+
+    client, writer, experiment_id = _client_and_writer(mlflow_sqlite_uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    assert writer.write(run_id, params=[Param("optim.lr", "0.1")])
+    assert writer.write(run_id, [Metric("loss", 1.0, 1, 1)], [Param("optim.lr", "0.2")], [RunTag("t", "x")]) is False
+    data = client.get_run(run_id).data
+    assert (data.params, data.metrics, "t" in data.tags) == ({"optim.lr": "0.1"}, {}, False)  # rolled back whole
+
+
+def test_the_run_name_tag_is_left_to_mlflow(mlflow_sqlite_uri):
+    from mlflow.entities import RunTag
+
+    client, writer, experiment_id = _client_and_writer(mlflow_sqlite_uri)
+    run_id = client.create_run(experiment_id, run_name="before").info.run_id
+    assert writer.write(run_id, tags=[RunTag("mlflow.runName", "after")]) is False
+    assert client.get_run(run_id).info.run_name == "before"
+
+
+def test_rows_the_store_holds_are_skipped_and_the_rest_written(mlflow_sqlite_uri):
+    from mlflow.entities import Metric
+
+    client, writer, experiment_id = _client_and_writer(mlflow_sqlite_uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    assert writer.write(run_id, [Metric("loss", 1.0, 5, 1)])
+    assert writer.write(run_id, [Metric("loss", 0.5, 5, 2), Metric("loss", 1.0, 5, 1)])
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 1.0), (2, 0.5)]
+    assert client.get_run(run_id).data.metrics == {"loss": 0.5}
+
+
+def test_only_sql_stores_with_the_known_columns_are_served(mlflow_server):
+    from mlflow import MlflowClient
+
+    assert SqlRunWriter.for_store(MlflowClient(tracking_uri=mlflow_server)._tracking_client.store) is None  # REST
+    assert SqlRunWriter.for_store(object()) is None
+    columns = [sa.Column("run_uuid", sa.String, primary_key=True), sa.Column("key", sa.String, primary_key=True),
+               sa.Column("value", sa.String)]
+    assert _fills(sa.Table("params", sa.MetaData(), *columns))
+    later = sa.Table("params", sa.MetaData(), *[c.copy() for c in columns], sa.Column("workspace", sa.String, nullable=False))
+    assert not _fills(later)  # a later MLflow's NOT NULL column the writer would leave empty
+    defaulted = sa.Table("params", sa.MetaData(), *[c.copy() for c in columns],
+                         sa.Column("workspace", sa.String, nullable=False, server_default="default"))
+    assert _fills(defaulted)
+
+
+# ------------------------------------------------------------------- MlflowTracker
+
+
+def _counting(tracker, monkeypatch) -> list[str]:
+    calls: list[str] = []
+    client = tracker.client
+    for name in ("log_batch", "set_terminated"):
+        original = getattr(client, name)
+        monkeypatch.setattr(client, name, lambda *a, _n=name, _o=original, **k: calls.append(_n) or _o(*a, **k))
+    return calls
+
+
+def test_the_tracker_writes_runs_it_created_past_the_orm(mlflow_sqlite_uri, monkeypatch):
+    tracker = MlflowTracker(mlflow_sqlite_uri, "past-orm")
+    tracker.check()
+    calls = _counting(tracker, monkeypatch)
+    run_id = tracker.start_run("trial")
+    tracker.log_batch(run_id, metrics=[("loss", 1.0 / s, s) for s in range(1, 1201)], params={"lr": 0.1}, tags={"t": "x"})
+    tracker.end_run(run_id, "FINISHED")
+    assert calls == []
+    record = tracker.read_run(run_id)
+    assert (record.status, len(record.metrics["loss"]), record.params["lr"], record.tags["t"]) == ("FINISHED", 1200, "0.1", "x")
+    tracker.set_tags(run_id, {"after": "end"})  # an ended run: MLflow's own way
+    assert calls == ["log_batch"]
+
+
+def test_the_tracker_leaves_other_runs_and_a_switched_off_writer_to_mlflow(mlflow_sqlite_uri, monkeypatch):
+    tracker = MlflowTracker(mlflow_sqlite_uri, "past-orm-off")
+    tracker.check()
+    calls = _counting(tracker, monkeypatch)
+    other = tracker.client.create_run(tracker.experiment_id).info.run_id  # not created by this tracker
+    tracker.log_metrics(other, [("loss", 1.0, 1)])
+    assert calls == ["log_batch"]
+    monkeypatch.setenv(FAST_WRITES_ENV, "0")
+    switched_off = MlflowTracker(mlflow_sqlite_uri, "past-orm-off")
+    calls_off = _counting(switched_off, monkeypatch)
+    run_id = switched_off.start_run("trial")
+    switched_off.log_metrics(run_id, [("loss", 1.0, 1)])
+    switched_off.end_run(run_id)
+    assert calls_off == ["log_batch", "set_terminated"]
