@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -75,7 +75,8 @@ class History:
     def to_dict(self) -> dict:
         """Plain JSON values; NaN and inf become None."""
         out = {}
-        for key, value in asdict(self).items():
+        for key in self.__dataclass_fields__:  # not asdict: it deep-copies every value first
+            value = getattr(self, key)
             if isinstance(value, list):
                 out[key] = [json_safe(v) for v in value]
             elif isinstance(value, dict):
