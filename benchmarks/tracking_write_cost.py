@@ -8,7 +8,9 @@ epochs and prints the CPU time per run for ``sweep.metrics: curves`` (5 series p
 epoch) and ``all`` (11), interleaved, in this process:
 
 - into a fresh SQLite store, the default: this process runs MLflow's SQLAlchemy
-  store, so the figure is all the CPU a run costs;
+  store, so the figure is all the CPU a run costs; written as bpexp writes it, past
+  MLflow's ORM (``bpexp.tracking_sql``), and through MLflow's own ``log_batch`` and
+  ``set_terminated``, with the ratio;
 - with ``--server``, also through a real ``mlflow server`` on 127.0.0.1 over its
   own SQLite store, as a team's tracking server: the client's CPU per run (what the
   sweep's machine spends) and the server's (read from /proc, Linux only).
@@ -120,38 +122,47 @@ def main(argv: list[str] | None = None) -> int:
         if args.server:
             stores["server"] = stack.enter_context(mlflow_server(Path(folder)))
         for store, (uri, session) in stores.items():
-            tracker = MlflowTracker(uri, "write-cost")
-            tracker.check()
-            parent = tracker.start_run("parent")
+            # on a SQL store, runs are written past MLflow's ORM (bpexp.tracking_sql) and, for
+            # the ratio, through MLflow's own log_batch and set_terminated, interleaved
+            writers = {"sql": True, "mlflow": False} if store == "sqlite" else {"mlflow": False}
+            trackers = {name: MlflowTracker(uri, "write-cost", sql_writes=sql) for name, sql in writers.items()}
+            parent = None
+            for tracker in trackers.values():
+                tracker.check()
+                parent = parent or tracker.start_run("parent")
 
-            def write(keys: tuple[str, ...]) -> None:
+            def write(tracker: MlflowTracker, keys: tuple[str, ...]) -> None:
                 run_id = tracker.start_run("trial", parent_run_id=parent, tags={"bpexp.kind": "trial"})
                 log_result(tracker, run_id, result, params={"trial_number": 0}, curves=False,
                            logger=EpochLogger(tracker, run_id, keys=keys))
                 tracker.end_run(run_id, "FINISHED")
 
-            for keys in variants.values():  # warm up: the first runs of a store pay for its caches
-                write(keys)
-            client: dict[str, list[float]] = {name: [] for name in variants}
-            server: dict[str, list[float]] = {name: [] for name in variants}
+            cases = [(writer, name) for writer in trackers for name in variants]
+            for writer, name in cases:  # warm up: the first runs of a store pay for its caches
+                write(trackers[writer], variants[name])
+            client: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+            server: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
             for _ in range(args.rounds):
-                for name, keys in variants.items():
+                for writer, name in cases:
                     server_before = session_cpu(session) if session is not None else None
                     started = time.process_time()
                     for _ in range(args.trials):
-                        write(keys)
-                    client[name].append((time.process_time() - started) / args.trials)
+                        write(trackers[writer], variants[name])
+                    client[writer, name].append((time.process_time() - started) / args.trials)
                     if server_before is not None:
-                        server[name].append((session_cpu(session) - server_before) / args.trials)
+                        server[writer, name].append((session_cpu(session) - server_before) / args.trials)
             log(f"{store}: importing MLflow and opening the store in a fresh interpreter ...")
             summary[store] = {
                 "uri": uri.split("://")[0],
                 "open_cpu_s": open_cost(uri),
-                "variants": {
-                    name: {"series_per_epoch": len(variants[name]), "metric_rows": len(variants[name]) * result.epochs,
-                           "cpu_ms_per_run": 1e3 * statistics.median(client[name]),
-                           "server_cpu_ms_per_run": 1e3 * statistics.median(server[name]) if server[name] else None}
-                    for name in variants
+                "writers": {
+                    writer: {
+                        name: {"series_per_epoch": len(variants[name]), "metric_rows": len(variants[name]) * result.epochs,
+                               "cpu_ms_per_run": 1e3 * statistics.median(client[writer, name]),
+                               "server_cpu_ms_per_run": 1e3 * statistics.median(server[writer, name]) if server[writer, name] else None}
+                        for name in variants
+                    }
+                    for writer in trackers
                 },
             }
     if args.json:
@@ -161,13 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     for store, row in summary.items():
         where = "a SQLite store, in this process" if store == "sqlite" else "an mlflow server on 127.0.0.1 (SQLite behind it)"
         print(f"  {where}: importing MLflow and opening the store {row['open_cpu_s']:.2f} s once")
-        for name, cost in row["variants"].items():
-            server_part = (f", the server {cost['server_cpu_ms_per_run']:6.1f} ms" if cost["server_cpu_ms_per_run"] is not None
-                           else "")
-            print(f"    sweep.metrics: {name:<6}  {cost['series_per_epoch']:2d} series, {cost['metric_rows']:4d} per-epoch rows: "
-                  f"{cost['cpu_ms_per_run']:6.1f} ms{server_part}")
-        ratio = row["variants"]["curves"]["cpu_ms_per_run"] / row["variants"]["all"]["cpu_ms_per_run"]
-        print(f"    curves / all: {ratio:.2f}")
+        for writer, costs in row["writers"].items():
+            how = "past MLflow's ORM (bpexp.tracking_sql)" if writer == "sql" else "through MLflow's log_batch"
+            for name, cost in costs.items():
+                server_part = (f", the server {cost['server_cpu_ms_per_run']:6.1f} ms" if cost["server_cpu_ms_per_run"] is not None
+                               else "")
+                print(f"    {how}, sweep.metrics: {name:<6}  {cost['series_per_epoch']:2d} series, "
+                      f"{cost['metric_rows']:4d} per-epoch rows: {cost['cpu_ms_per_run']:6.1f} ms{server_part}")
+        if "sql" in row["writers"]:
+            for name in variants:
+                ratio = row["writers"]["mlflow"][name]["cpu_ms_per_run"] / row["writers"]["sql"][name]["cpu_ms_per_run"]
+                print(f"    sweep.metrics: {name}: MLflow's log_batch / past the ORM: {ratio:.2f}×")
     return 0
 
 

@@ -74,7 +74,7 @@ TAG_ERROR = "bpexp.error"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 #: Set to 0 to have MLflow's own log_batch write every batch (see bpexp.tracking_sql).
-FAST_WRITES_ENV = "BPEXP_SQL_BATCH_WRITES"
+SQL_WRITES_ENV = "BPEXP_SQL_BATCH_WRITES"
 #: A JSON object of tags added to every run an MlflowTracker starts in this process and
 #: its sweep workers (they inherit the environment); tags given to start_run win. A batch
 #: sets it so that every run it causes names the batch and the batch's own run.
@@ -532,9 +532,12 @@ class MlflowTracker(Tracker):
     Args:
         uri: a tracking URI; see :func:`resolve_tracking_uri` for the default.
         experiment: the experiment name, created on first use.
+        sql_writes: write the batches and the ends of the runs created here straight
+            into a SQL store's tables (:mod:`bpexp.tracking_sql`) rather than through
+            MLflow's ORM; None (the default) unless ``BPEXP_SQL_BATCH_WRITES=0``.
     """
 
-    def __init__(self, uri: str | None = None, experiment: str | None = None) -> None:
+    def __init__(self, uri: str | None = None, experiment: str | None = None, *, sql_writes: bool | None = None) -> None:
         self.uri = resolve_tracking_uri(uri)
         self.experiment = experiment or DEFAULT_EXPERIMENT
         self._client = None
@@ -543,7 +546,10 @@ class MlflowTracker(Tracker):
         # whole run back from the store (params, tags, metrics) to learn it, on every new run
         self._artifact_uris: dict[str, str] = {}
         self._open_here: set[str] = set()  # runs this tracker created and has not ended
-        self._batch_writer: Any = False  # a tracking_sql.SqlRunWriter, None where it does not apply; False: not asked yet
+        if sql_writes is None:
+            sql_writes = os.environ.get(SQL_WRITES_ENV, "1") != "0"
+        # a tracking_sql.SqlRunWriter, None where it does not apply; False: not looked up yet
+        self._batch_writer: Any = False if sql_writes else None
 
     # -- plumbing
     @property
@@ -641,12 +647,10 @@ class MlflowTracker(Tracker):
     def _sql_writer(self) -> Any:
         """The store's :class:`~bpexp.tracking_sql.SqlRunWriter`, or None where MLflow's own log_batch writes."""
         if self._batch_writer is False:
-            self._batch_writer = None
-            if os.environ.get(FAST_WRITES_ENV, "1") != "0":
-                from bpexp.tracking_sql import SqlRunWriter
+            from bpexp.tracking_sql import SqlRunWriter
 
-                store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
-                self._batch_writer = SqlRunWriter.for_store(store) if store is not None else None
+            store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+            self._batch_writer = SqlRunWriter.for_store(store) if store is not None else None
         return self._batch_writer
 
     def _write_past_orm(self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> bool:

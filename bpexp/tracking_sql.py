@@ -21,7 +21,7 @@ the whole run back. Both follow MLflow:
   greater (``_update_latest_metrics_if_necessary``); a param keeps its first value; a
   tag takes the new one.
 
-It is used only where it is tested (SQLite and PostgreSQL behind MLflow's
+It is used only where it is tested (MLflow 3, SQLite and PostgreSQL behind MLflow's
 ``SqlAlchemyStore``) and only for an active run. Whatever it would not do as MLflow
 does is left to MLflow's own ``log_batch``: a table with columns it does not fill (a
 later schema), a run that is not active, a param whose value would change, the
@@ -37,6 +37,10 @@ import sqlalchemy as sa  # MLflow's own dependency; this module is imported only
 
 #: Dialects the writer is tested on (tests/test_tracking_sql.py); others use MLflow's log_batch.
 DIALECTS = ("sqlite", "postgresql")
+
+#: The MLflow major versions whose tables and rules the writer follows (tested on 3.17);
+#: under another, MLflow's own API writes everything until the tests say otherwise.
+MLFLOW_MAJORS = (3,)
 
 #: The columns the writer fills, per table.
 COLUMNS = {
@@ -83,13 +87,17 @@ class SqlRunWriter:
     def for_store(cls, store: Any) -> "SqlRunWriter | None":
         """A writer for ``store`` (MLflow's tracking store object), or None when it does not apply.
 
-        None for anything but MLflow's ``SqlAlchemyStore`` on a tested dialect whose
-        tables hold only the columns the writer fills (or columns the database fills).
+        None under an MLflow major version not in :data:`MLFLOW_MAJORS`, and for
+        anything but MLflow's ``SqlAlchemyStore`` on a tested dialect whose tables hold
+        only the columns the writer fills (or columns the database fills).
         """
         try:
             from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
             from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+            from mlflow.version import VERSION
         except ImportError:
+            return None
+        if int(VERSION.split(".")[0]) not in MLFLOW_MAJORS:
             return None
         if not isinstance(store, SqlAlchemyStore) or getattr(store, "engine", None) is None:
             return None

@@ -25,7 +25,7 @@ from bpexp.errors import ServiceError
 from bpexp.tracking import (
     CURVE_METRICS,
     EPOCH_METRICS,
-    FAST_WRITES_ENV,
+    SQL_WRITES_ENV,
     EpochLogger,
     MlflowTracker,
     NoOpTracker,
@@ -205,7 +205,7 @@ class _Finding:
 def test_metrics_go_in_batches_of_at_most_1000(mlflow_sqlite_uri, monkeypatch):
     # through MLflow's own log_batch, as for a tracking server (a SQL store's runs created
     # here are written past it, in one transaction: tests/test_tracking_sql.py)
-    monkeypatch.setenv(FAST_WRITES_ENV, "0")
+    monkeypatch.setenv(SQL_WRITES_ENV, "0")
     tracker = MlflowTracker(mlflow_sqlite_uri, "batches")
     tracker.check()
     calls = []

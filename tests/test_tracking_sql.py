@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpexp.tracking import FAST_WRITES_ENV, MlflowTracker
+from bpexp.tracking import SQL_WRITES_ENV, MlflowTracker
 from bpexp.tracking_sql import SqlRunWriter, _fills
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -169,6 +169,16 @@ def test_rows_the_store_holds_are_skipped_and_the_rest_written(mlflow_sqlite_uri
     assert client.get_run(run_id).data.metrics == {"loss": 0.5}
 
 
+def test_another_mlflow_major_version_is_left_to_mlflow(mlflow_sqlite_uri, monkeypatch):
+    import mlflow.version
+    from mlflow import MlflowClient
+
+    store = MlflowClient(tracking_uri=mlflow_sqlite_uri)._tracking_client.store
+    assert SqlRunWriter.for_store(store) is not None
+    monkeypatch.setattr(mlflow.version, "VERSION", "4.0.0")
+    assert SqlRunWriter.for_store(store) is None
+
+
 def test_only_sql_stores_with_the_known_columns_are_served(mlflow_server):
     from mlflow import MlflowClient
 
@@ -217,7 +227,7 @@ def test_the_tracker_leaves_other_runs_and_a_switched_off_writer_to_mlflow(mlflo
     other = tracker.client.create_run(tracker.experiment_id).info.run_id  # not created by this tracker
     tracker.log_metrics(other, [("loss", 1.0, 1)])
     assert calls == ["log_batch"]
-    monkeypatch.setenv(FAST_WRITES_ENV, "0")
+    monkeypatch.setenv(SQL_WRITES_ENV, "0")
     switched_off = MlflowTracker(mlflow_sqlite_uri, "past-orm-off")
     calls_off = _counting(switched_off, monkeypatch)
     run_id = switched_off.start_run("trial")
