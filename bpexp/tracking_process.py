@@ -3,7 +3,7 @@
 :class:`ProcessTracker` is a :class:`~bpexp.tracking.Tracker` whose calls go to a child
 process (``python -m bpexp.tracking_process``) that owns the real
 :class:`~bpexp.tracking.MlflowTracker`. Importing MLflow, opening its store, creating
-runs and writing them all cost CPU in Python (about 3.5 s once, then 55-95 ms per
+runs and writing them all cost CPU in Python (about 4 s once, then 29 ms per 60-epoch
 trial run on SQLite: ``python benchmarks/tracking_write_cost.py``) and waits on the
 store; in a thread they would share the GIL with the training loop, in the child
 they run beside it on the other core.
