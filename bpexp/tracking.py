@@ -534,7 +534,8 @@ class MlflowTracker(Tracker):
         experiment: the experiment name, created on first use.
         sql_writes: write the batches and the ends of the runs created here straight
             into a SQL store's tables (:mod:`bpexp.tracking_sql`) rather than through
-            MLflow's ORM; None (the default) unless ``BPEXP_SQL_BATCH_WRITES=0``.
+            MLflow's ORM. None (the default) means on, unless the environment sets
+            ``BPEXP_SQL_BATCH_WRITES=0``.
     """
 
     def __init__(self, uri: str | None = None, experiment: str | None = None, *, sql_writes: bool | None = None) -> None:
