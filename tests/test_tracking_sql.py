@@ -184,14 +184,14 @@ def test_only_sql_stores_with_the_known_columns_are_served(mlflow_server):
 
     assert SqlRunWriter.for_store(MlflowClient(tracking_uri=mlflow_server)._tracking_client.store) is None  # REST
     assert SqlRunWriter.for_store(object()) is None
-    columns = [sa.Column("run_uuid", sa.String, primary_key=True), sa.Column("key", sa.String, primary_key=True),
-               sa.Column("value", sa.String)]
-    assert _fills(sa.Table("params", sa.MetaData(), *columns))
-    later = sa.Table("params", sa.MetaData(), *[c.copy() for c in columns], sa.Column("workspace", sa.String, nullable=False))
-    assert not _fills(later)  # a later MLflow's NOT NULL column the writer would leave empty
-    defaulted = sa.Table("params", sa.MetaData(), *[c.copy() for c in columns],
-                         sa.Column("workspace", sa.String, nullable=False, server_default="default"))
-    assert _fills(defaulted)
+    def params_table(*more: sa.Column) -> sa.Table:
+        return sa.Table("params", sa.MetaData(), sa.Column("run_uuid", sa.String, primary_key=True),
+                        sa.Column("key", sa.String, primary_key=True), sa.Column("value", sa.String), *more)
+
+    assert _fills(params_table())
+    assert not _fills(params_table(sa.Column("workspace", sa.String, nullable=False)))  # a NOT NULL column left empty
+    assert _fills(params_table(sa.Column("workspace", sa.String, nullable=False, server_default="default")))
+    assert not _fills(sa.Table("params", sa.MetaData(), sa.Column("key", sa.String), sa.Column("value", sa.String)))
 
 
 # ------------------------------------------------------------------- MlflowTracker
