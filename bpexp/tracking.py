@@ -543,10 +543,10 @@ class MlflowTracker(Tracker):
         self.experiment = experiment or DEFAULT_EXPERIMENT
         self._client = None
         self._experiment_id: str | None = None
-        # run id -> artifact URI, from the run as created: MLflow's own log_artifacts reads the
-        # whole run back from the store (params, tags, metrics) to learn it, on every new run
-        self._artifact_uris: dict[str, str] = {}
-        self._open_here: set[str] = set()  # runs this tracker created and has not ended
+        # the runs this tracker created and has not ended -> their artifact URI (None where
+        # unusable): MLflow's own log_artifacts reads the whole run back from the store
+        # (params, tags, metrics) to learn it, on every new run
+        self._open_here: dict[str, str | None] = {}
         if sql_writes is None:
             sql_writes = os.environ.get(SQL_WRITES_ENV, "1") != "0"
         # a tracking_sql.SqlRunWriter, None where it does not apply; False: not looked up yet
@@ -640,13 +640,14 @@ class MlflowTracker(Tracker):
         run = self._call(
             lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name), f"creating run {name!r}"
         )
-        if run.info.artifact_uri and not self.uri.startswith("databricks"):  # Databricks adds a profile to the URI
-            self._artifact_uris[run.info.run_id] = run.info.artifact_uri
-        self._open_here.add(run.info.run_id)
+        usable = run.info.artifact_uri and not self.uri.startswith("databricks")  # Databricks adds a profile to the URI
+        self._open_here[run.info.run_id] = run.info.artifact_uri if usable else None
         return run.info.run_id
 
-    def _sql_writer(self) -> Any:
-        """The store's :class:`~bpexp.tracking_sql.SqlRunWriter`, or None where MLflow's own log_batch writes."""
+    def _sql_writer(self, run_id: str) -> Any:
+        """The store's :class:`~bpexp.tracking_sql.SqlRunWriter` for a run created here and still open, else None."""
+        if run_id not in self._open_here:
+            return None
         if self._batch_writer is False:
             from bpexp.tracking_sql import SqlRunWriter
 
@@ -656,7 +657,7 @@ class MlflowTracker(Tracker):
 
     def _write_past_orm(self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> bool:
         """Store a batch of a run created here with :mod:`bpexp.tracking_sql`; False if MLflow must write it."""
-        writer = self._sql_writer() if run_id in self._open_here else None
+        writer = self._sql_writer(run_id)
         if writer is None:
             return False
         from sqlalchemy.exc import IntegrityError
@@ -691,7 +692,7 @@ class MlflowTracker(Tracker):
             )
 
     def log_artifacts(self, run_id: str, local_dir: str | Path) -> None:
-        artifact_uri = self._artifact_uris.get(run_id)
+        artifact_uri = self._open_here.get(run_id)
         if artifact_uri is None:
             self._call(lambda: self.client.log_artifacts(run_id, str(local_dir)), "uploading artifacts")
             return
@@ -702,12 +703,11 @@ class MlflowTracker(Tracker):
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         _check_status(status)
-        writer = self._sql_writer() if run_id in self._open_here else None
+        writer = self._sql_writer(run_id)
         end_time = int(time.time() * 1000)
         if writer is None or not self._call(lambda: writer.end(run_id, status, end_time), f"ending run as {status}"):
             self._call(lambda: self.client.set_terminated(run_id, status=status), f"ending run as {status}")
-        self._artifact_uris.pop(run_id, None)  # later artifacts (a sweep's best curves) are rare
-        self._open_here.discard(run_id)
+        self._open_here.pop(run_id, None)  # later artifacts (a sweep's best curves) are rare: MLflow's way
 
     def reopen_run(self, run_id: str) -> None:
         self._call(lambda: self.client.update_run(run_id, status="RUNNING"), "reopening run")

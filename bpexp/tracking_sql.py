@@ -82,6 +82,14 @@ class SqlRunWriter:
         self.tags = tables["tags"]
         self.runs = tables["runs"]
         self._valid_metric_keys: set[str] = set()
+        # metric rows the store already holds are skipped, as MLflow's log_batch skips them;
+        # a held row is never later than its key's latest value, so the latest rows come out
+        # as MLflow leaves them too
+        if store.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        self._insert_metrics = insert(self.metrics).on_conflict_do_nothing()
 
     @classmethod
     def for_store(cls, store: Any) -> "SqlRunWriter | None":
@@ -151,9 +159,9 @@ class SqlRunWriter:
                 if params:
                     self._insert_params(connection, run_id, params)
                 if tags:
-                    self._upsert(connection, self.tags, run_id, tags)
+                    self._set_tags(connection, run_id, tags)
                 if metric_rows:
-                    connection.execute(self._insert_new_metrics(), metric_rows)
+                    connection.execute(self._insert_metrics, metric_rows)
                     self._update_latest(connection, run_id, newest)
         except _LeftToMlflow:  # raised inside the transaction, which rolled back
             return False
@@ -177,18 +185,6 @@ class SqlRunWriter:
                 .values(status=status, end_time=end_time)
             )
             return done.rowcount == 1
-
-    def _insert_new_metrics(self) -> Any:
-        """An INSERT of metric rows that skips the rows the store already holds, as MLflow's log_batch does.
-
-        A held row is never later than its key's latest value, so the latest rows come
-        out as MLflow leaves them too.
-        """
-        if self.store.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(self.metrics).on_conflict_do_nothing()
 
     def _metric_rows(self, run_id: str, metrics: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """The rows of ``metrics`` (sanitised, each identity once) and each key's newest row."""
@@ -221,8 +217,9 @@ class SqlRunWriter:
         if new:
             connection.execute(sa.insert(table), new)
 
-    def _upsert(self, connection: Any, table: Any, run_id: str, values: Mapping[str, str]) -> None:
-        """Set each key's value: update the rows the run holds, insert the others."""
+    def _set_tags(self, connection: Any, run_id: str, values: Mapping[str, str]) -> None:
+        """Set each tag's value: update the rows the run holds, insert the others."""
+        table = self.tags
         held = set(connection.execute(
             sa.select(table.c.key).where(table.c.run_uuid == run_id, table.c.key.in_(list(values)))
         ).scalars())

@@ -74,7 +74,7 @@ VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=64),
     st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0]),
 )
-METRIC = st.tuples(KEYS, VALUES, st.integers(0, 3) .map(lambda t: 1_700_000_000_000 + t), st.integers(-2, 6))
+METRIC = st.tuples(KEYS, VALUES, st.integers(0, 3).map(lambda t: 1_700_000_000_000 + t), st.integers(-2, 6))
 BATCH = st.tuples(
     st.lists(METRIC, max_size=25),
     st.dictionaries(st.sampled_from(["optim.lr", "seed", "trial_number"]), st.sampled_from(["0.1", "7"]), max_size=2),
