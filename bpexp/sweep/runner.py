@@ -488,9 +488,12 @@ class WorkerProcesses:
                 partial.rename(job_path)  # the worker sees the whole file or none
             with threadpool_limits(limits=self.threads):
                 run_worker(job, spec=spec, tracker=tracker, on_trial=report)
-            while any(proc.poll() is None for proc, _, _ in self.procs):
-                time.sleep(0.5)
-                report()
+            # wait on each process rather than polling on a timer, so that the sweep goes
+            # on as soon as the last worker exits; the progress bar still moves twice a second
+            for proc, _, _ in self.procs:
+                while not _exited(proc, within=0.5):
+                    report()
+            report()
         except KeyboardInterrupt:
             self.stop()
             raise
@@ -514,6 +517,15 @@ class WorkerProcesses:
         """Stop what still runs and remove the job files."""
         self.stop()
         self._tmp.cleanup()
+
+
+def _exited(proc: subprocess.Popen, within: float) -> bool:
+    """True once ``proc`` has exited, waiting up to ``within`` seconds for it."""
+    try:
+        proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------- summary
