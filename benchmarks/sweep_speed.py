@@ -11,10 +11,10 @@ run starts from an empty study) and reports, in one run:
    tracked and with ``--no-track``; goal ≥ 1.8× with 2 workers on 2 cores. With the
    pruner on, the two sweeps do different work (each worker samples its own trials,
    and the median pruner judges them against different peers), so the same is also
-   measured on the spec without pruning, where every trial runs its whole budget
-   (repeated and interleaved like the rest);
-   and, for the ceiling, what the machine gives two trainings side by side against
-   one alone;
+   measured on equal work: the spec as a grid without pruning (:func:`equal_work_spec`),
+   where 1 and 2 workers run exactly the same trials (repeated and interleaved like
+   the rest); and, for the ceiling, what the machine gives two trainings side by
+   side against one alone;
 3. pruning: the epochs the sweep spends with its pruner against the same sweep
    with ``pruner: none``, and both best values.
 
@@ -72,6 +72,7 @@ def run_sweep(spec: Path, template: Path, *args: str) -> dict[str, Any]:
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         cpu_before = _children_cpu()
         started = time.perf_counter()
+        started_at = time.time()
         done = subprocess.run(
             # --no-report: the report after a sweep is its own feature (and reads every run
             # back from MLflow when tracked); what is measured here is the sweep
@@ -79,12 +80,16 @@ def run_sweep(spec: Path, template: Path, *args: str) -> dict[str, Any]:
             cwd=folder, env=env, capture_output=True, text=True,
         )
         wall = time.perf_counter() - started
+        ended_at = time.time()
         cpu = _children_cpu() - cpu_before
         if done.returncode != 0:
             raise SystemExit(f"bpexp sweep {' '.join(args)} failed:\n{done.stderr[-2000:]}")
         payload = json.loads(done.stdout)
         payload["wall"] = wall
-        payload["trial_phase"] = trial_phase_seconds(folder / "optuna.journal", payload["study_name"])
+        first_start, last_end = trial_span(folder / "optuna.journal", payload["study_name"])
+        payload["trial_phase"] = last_end - first_start
+        payload["before_first_trial"] = first_start - started_at
+        payload["after_last_trial"] = ended_at - last_end
         payload["cpu"] = cpu
         payload["epochs_total"] = sum(t["epochs"] or 0 for t in payload["trials"])
         payload["finished_trials"] = payload["counts"]["COMPLETE"] + payload["counts"]["PRUNED"]
@@ -94,11 +99,12 @@ def run_sweep(spec: Path, template: Path, *args: str) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def trial_phase_seconds(journal: Path, study_name: str) -> float:
-    """Seconds from the first trial's start to the last trial's end, read from the study itself.
+def trial_span(journal: Path, study_name: str) -> tuple[float, float]:
+    """The first trial's start and the last trial's end (Unix time), read from the study itself.
 
     The command's wall time also holds what no second worker can share: starting Python,
-    the range test, opening the study and the store, and the end of the sweep.
+    the range test, opening the study and the store before the first trial, and closing
+    the parent run, writing what is left and the processes' exits after the last.
     """
     import optuna
     from optuna.storages import JournalStorage
@@ -108,7 +114,9 @@ def trial_phase_seconds(journal: Path, study_name: str) -> float:
     trials = optuna.load_study(study_name=study_name, storage=JournalStorage(JournalFileBackend(str(journal)))).trials
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
-    return (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan")
+    if not starts or not ends:
+        return float("nan"), float("nan")
+    return min(starts).timestamp(), max(ends).timestamp()  # naive local datetimes, as time.time() is
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,6 +153,28 @@ def no_pruning_spec(spec: Path, folder: Path) -> Path:
     raw = yaml.safe_load(spec.read_text())
     raw["sweep"]["pruner"] = {"name": "none"}
     path = folder / "no_pruning.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def equal_work_spec(spec: Path, folder: Path) -> Path:
+    """The spec as a grid without pruning: 1 and 2 workers then run exactly the same trials.
+
+    Every trial trains with the spec's one seed, so equal parameters mean equal work.
+    The grid walks the space's ``choices``; λ (searched on a range, or ``lr: auto``)
+    takes two values, half and twice the spec's ``optim.lr``; other ranges keep the
+    spec's base value. ``n_trials`` is the grid's size, so that no worker picks a subset.
+    """
+    raw = yaml.safe_load(spec.read_text())
+    space = raw["sweep"].get("space") or {}
+    grid = {key: value for key, value in space.items() if isinstance(value, dict) and "choices" in value}
+    if space.get("lr") == "auto" or "optim.lr" in space and "optim.lr" not in grid:
+        base_lr = float((raw.get("optim") or {}).get("lr", 0.1))
+        grid["optim.lr"] = {"choices": [base_lr / 2, base_lr * 2]}
+    raw["sweep"].update(space=grid, sampler="grid", pruner={"name": "none"},
+                        n_trials=math.prod(len(value["choices"]) for value in grid.values()))
+    raw["sweep"].pop("lr_find", None)
+    path = folder / "equal_work.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -198,22 +228,25 @@ def main(argv: list[str] | None = None) -> int:
         flags = {"tracked": [], "--no-track": ["--no-track"]}
         workers = {"1 worker": [], "2 workers": ["--workers", "2"]}
         variants: dict[str, list[dict]] = {f"{k}, {w}": [] for k in flags for w in workers}
-        # the same work for 1 and 2 workers: no pruner, every trial runs its whole budget
-        unpruned: dict[str, list[dict]] = {name: [] for name in variants}
-        flat_spec = no_pruning_spec(args.spec, work)
+        # the spec without its pruner, 1 worker: the epochs pruning saves, and tracking's cost then
+        unpruned: dict[str, list[dict]] = {f"{kind}, 1 worker": [] for kind in flags}
+        # exactly the same trials for 1 and 2 workers: the spec as a grid, without pruning
+        equal: dict[str, list[dict]] = {name: [] for name in variants}
+        plan = [(args.spec, variants, workers, ""), (no_pruning_spec(args.spec, work), unpruned, {"1 worker": []}, ", without pruning"),
+                (equal_work_spec(args.spec, work), equal, workers, ", equal work (grid)")]
         for repeat in range(args.repeats):
             # what is compared runs side by side in time, so that the shared machine's drifting
             # load hits both alike: tracked and --no-track as a pair, one first and then the
             # other in turn; the 1-worker pair next to the 2-worker pair
             kinds = list(flags) if repeat % 2 == 0 else list(reversed(flags))
-            for pruning in (True, False):
-                for count in workers:
+            for spec_path, runs, counts, label in plan:
+                for count in counts:
                     for kind in kinds:
                         name = f"{kind}, {count}"
-                        log(f"[{repeat + 1}/{args.repeats}] {name}{'' if pruning else ', without pruning'} ...")
-                        result = run_sweep(args.spec if pruning else flat_spec, template, *flags[kind], *workers[count])
+                        log(f"[{repeat + 1}/{args.repeats}] {name}{label} ...")
+                        result = run_sweep(spec_path, template, *flags[kind], *workers[count])
                         log(f"    {result['wall']:.1f} s wall, {result['finished_trials']} trials, {result['epochs_total']} epochs")
-                        (variants if pruning else unpruned)[name].append(result)
+                        runs[name].append(result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -227,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         """Tracked wall time over --no-track's, pair by pair (each pair ran one after the other), minus one."""
         return [t["wall"] / u["wall"] - 1 for t, u in zip(runs[f"tracked, {count}"], runs[f"--no-track, {count}"])]
 
-    pairs = {(spec, count): overheads(runs, count) for spec, runs in (("pruned", variants), ("unpruned", unpruned))
-             for count in ("1 worker", "2 workers")}
+    pairs = {(spec, count): overheads(runs, count) for spec, runs in (("pruned", variants), ("unpruned", unpruned), ("equal", equal))
+             for count in ("1 worker", "2 workers") if f"tracked, {count}" in runs}
 
     def per_minute(runs: list[dict], key: str) -> float:
         return median([r[key] / (r["wall"] / 60) for r in runs])
@@ -238,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def scaling(kind: str) -> dict[str, Any]:
         one, two = variants[f"{kind}, 1 worker"], variants[f"{kind}, 2 workers"]
-        flat_one, flat_two = unpruned[f"{kind}, 1 worker"], unpruned[f"{kind}, 2 workers"]
+        flat_one, flat_two = equal[f"{kind}, 1 worker"], equal[f"{kind}, 2 workers"]
         # the ratio within each repeat, whose runs were close in time: the spread says how far one run can be trusted
         paired = {key: [per_minute([b], key) / per_minute([a], key) for a, b in zip(flat_one, flat_two)]
                   for key in ("steps_total", "finished_trials")}
@@ -250,12 +283,17 @@ def main(argv: list[str] | None = None) -> int:
             "steps": [median([r["steps_total"] for r in one]), median([r["steps_total"] for r in two])],
             "wall_s": [median([r["wall"] for r in one]), median([r["wall"] for r in two])],
             "speedup_trial_phase": phase_per_minute(two) / phase_per_minute(one),
-            "unpruned_wall_s": [median([r["wall"] for r in flat_one]), median([r["wall"] for r in flat_two])],
-            "unpruned_steps": [median([r["steps_total"] for r in flat_one]), median([r["steps_total"] for r in flat_two])],
-            "unpruned_cpu_s": [median([r["cpu"] for r in flat_one]), median([r["cpu"] for r in flat_two])],
-            "unpruned_speedup_trials": median(paired["finished_trials"]),
-            "unpruned_speedup_steps": median(paired["steps_total"]),
-            "unpruned_speedup_steps_runs": [round(x, 2) for x in paired["steps_total"]],
+            # what a second worker cannot share, before the first trial and after the last
+            "before_first_trial_s": [median([r["before_first_trial"] for r in runs]) for runs in (one, two)],
+            "after_last_trial_s": [median([r["after_last_trial"] for r in runs]) for runs in (one, two)],
+            "equal_work_wall_s": [median([r["wall"] for r in flat_one]), median([r["wall"] for r in flat_two])],
+            "equal_work_trials": flat_one[0]["finished_trials"],
+            "equal_work_cpu_s": [median([r["cpu"] for r in flat_one]), median([r["cpu"] for r in flat_two])],
+            "equal_work_speedup_trials": median(paired["finished_trials"]),
+            "equal_work_speedup_steps": median(paired["steps_total"]),
+            "equal_work_speedup_trials_runs": [round(x, 2) for x in paired["finished_trials"]],
+            # the same parameters and seed give the same epochs: equal totals say the work was equal
+            "equal_work_same": len({r["epochs_total"] for r in flat_one + flat_two}) == 1,
             "goal": ">= 1.8",
         }
 
@@ -274,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             "unpruned_overhead_fraction": median(pairs["unpruned", "1 worker"]),
             "unpruned_overhead_runs": [round(x, 3) for x in pairs["unpruned", "1 worker"]],
             "two_workers_overhead_fraction": median(pairs["pruned", "2 workers"]),
-            "two_workers_unpruned_overhead_fraction": median(pairs["unpruned", "2 workers"]),
+            "two_workers_equal_work_overhead_fraction": median(pairs["equal", "2 workers"]),
+            "two_workers_equal_work_overhead_runs": [round(x, 3) for x in pairs["equal", "2 workers"]],
             "tracked_runs_s": [round(r["wall"], 2) for r in variants["tracked, 1 worker"]],
             "untracked_runs_s": [round(r["wall"], 2) for r in variants["--no-track, 1 worker"]],
             "tracked_cpu_s": tracked_cpu,
@@ -307,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {', '.join(f'{x:.1f}' for x in report['load_average'] or [])}")
     print(f"              without pruning, 1 worker: {100 * t['unpruned_overhead_fraction']:+.1f} % "
           f"(pairs {[round(100 * x, 1) for x in t['unpruned_overhead_runs']]} %); with 2 workers: "
-          f"{100 * t['two_workers_overhead_fraction']:+.1f} %, without pruning {100 * t['two_workers_unpruned_overhead_fraction']:+.1f} %")
+          f"{100 * t['two_workers_overhead_fraction']:+.1f} %, on equal work {100 * t['two_workers_equal_work_overhead_fraction']:+.1f} % "
+          f"(pairs {[round(100 * x, 1) for x in t['two_workers_equal_work_overhead_runs']]} %)")
     c = report["workers"]["machine_ceiling"]
     print(f"  cores       two digits MLP trainings side by side: {c['side_by_side_s']:.2f} s against {c['alone_s']:.2f} s alone, "
           f"{c['throughput_ratio']:.2f}× the throughput of one (the ceiling for 2 workers)")
@@ -317,12 +357,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{w['two_workers_trials_per_min']:.1f}: {w['speedup_trials']:.2f}× over the whole command (goal ≥ 1.8×; "
               f"{w['wall_s'][0]:.1f} s vs {w['wall_s'][1]:.1f} s), {w['speedup_trial_phase']:.2f}× from the first trial's start "
               f"to the last one's end")
+        print(f"              before the first trial {w['before_first_trial_s'][0]:.2f} s vs {w['before_first_trial_s'][1]:.2f} s, "
+              f"after the last one {w['after_last_trial_s'][0]:.2f} s vs {w['after_last_trial_s'][1]:.2f} s")
         print(f"              but other trials, other pruning: {w['steps'][0]} vs {w['steps'][1]} minibatch steps, steps/min "
               f"{w['speedup_steps']:.2f}×")
-        print(f"              the same work without pruning: {w['unpruned_wall_s'][0]:.1f} s vs {w['unpruned_wall_s'][1]:.1f} s "
-              f"({w['unpruned_cpu_s'][0]:.1f} s vs {w['unpruned_cpu_s'][1]:.1f} s CPU), trials/min "
-              f"{w['unpruned_speedup_trials']:.2f}×, steps/min {w['unpruned_speedup_steps']:.2f}× "
-              f"({w['unpruned_steps'][0]:.0f} vs {w['unpruned_steps'][1]:.0f} steps; per repeat {w['unpruned_speedup_steps_runs']})")
+        print(f"              equal work, the same {w['equal_work_trials']} grid trials: {w['equal_work_wall_s'][0]:.1f} s vs "
+              f"{w['equal_work_wall_s'][1]:.1f} s ({w['equal_work_cpu_s'][0]:.1f} s vs {w['equal_work_cpu_s'][1]:.1f} s CPU), "
+              f"trials/min {w['equal_work_speedup_trials']:.2f}× (goal ≥ 1.8×; per repeat {w['equal_work_speedup_trials_runs']})"
+              + ("" if w["equal_work_same"] else "  [the runs trained different epochs: not equal work]"))
     print(f"  pruning     {p['epochs_with_pruning']} epochs with the pruner ({p['pruned_trials']} trials pruned) vs "
           f"{p['epochs_without_pruning']} without ({100 * p['epochs_saved_fraction']:.0f} % saved); best {p['objective'][0]} "
           f"{p['best_with_pruning']:.4f} vs {p['best_without_pruning']:.4f}")
