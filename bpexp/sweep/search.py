@@ -23,7 +23,12 @@ CYCLIC = ("triangular", "triangular2", "exp_range")
 def make_sampler(spec: SweepSpec, worker_seed: int) -> "optuna.samplers.BaseSampler":
     """The sampler the spec names, seeded per worker so parallel workers do not propose the same trials.
 
-    ``grid`` walks every combination of the ``choices`` in ``sweep.space``.
+    ``grid`` walks every combination of the ``choices`` in ``sweep.space``. It is seeded
+    with ``sweep.seed`` alone, the same in every worker, on every machine and after a
+    restart: Optuna's GridSampler shuffles the grid with its seed and gives trial number
+    n the n-th point of its own order, so workers with other seeds run some points
+    twice and leave others out (its documentation: fix the seed for each process in
+    distributed optimization).
     """
     import optuna
 
@@ -32,7 +37,7 @@ def make_sampler(spec: SweepSpec, worker_seed: int) -> "optuna.samplers.BaseSamp
         return optuna.samplers.RandomSampler(seed=worker_seed)
     if sampler.name == "grid":
         space = {key: list(dist.choices) for key, dist in spec.space.items()}
-        return optuna.samplers.GridSampler(space, seed=worker_seed)
+        return optuna.samplers.GridSampler(space, seed=spec.sweep.seed)
     if sampler.name == "cmaes":
         # CMA-ES samples the numeric keys jointly; categorical keys fall back to random sampling
         return optuna.samplers.CmaEsSampler(
