@@ -2,6 +2,7 @@
 
 Tiny sizes, one repeat, one thread. No timing is asserted: times on a shared
 machine say nothing about correctness; the benchmark itself prints the ratios.
+Also the equal-work spec benchmarks/sweep_speed.py derives for 1 against 2 workers.
 """
 
 from __future__ import annotations
@@ -73,3 +74,22 @@ def test_every_goal_is_reported(report):
     assert len(goals) == 8  # three epoch goals and one small-data goal, for each of the two models
     for g in report["goals"]:
         assert g["met"] in (True, False, None)
+
+
+def test_sweep_speed_equal_work_spec_is_the_whole_grid(tmp_path):
+    # 1 and 2 workers can only run the same trials if the derived spec is a valid grid
+    # whose n_trials is its size (a smaller n_trials lets each worker pick its own subset)
+    import importlib.util
+
+    from bpexp.sweep import load_sweep_spec
+    from bpexp.sweep.search import grid_size
+
+    loaded = importlib.util.spec_from_file_location("sweep_speed", ROOT / "benchmarks" / "sweep_speed.py")
+    sweep_speed = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(sweep_speed)
+    digits = ROOT / "experiments" / "digits_sweep.yaml"
+    spec = load_sweep_spec(sweep_speed.equal_work_spec(digits, tmp_path))
+    assert spec.sweep.sampler.name == "grid" and spec.sweep.pruner.name == "none" and not spec.auto_lr
+    assert spec.sweep.n_trials == grid_size(spec) == 5 * 3 * 2  # schedules × batch sizes × two λ
+    assert spec.space["optim.lr"].choices == [0.05, 0.2]  # half and twice the spec's optim.lr, 0.1
+    assert spec.base == load_sweep_spec(digits).base  # the model, data and budget are the spec's own
