@@ -35,6 +35,8 @@ from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa  # MLflow's own dependency; this module is imported only beside MLflow
 
+from bpexp.tracking import TAG_RUN_NAME  # setting it also renames the run (SqlAlchemyStore.set_tag)
+
 #: Dialects the writer is tested on (tests/test_tracking_sql.py); others use MLflow's log_batch.
 DIALECTS = ("sqlite", "postgresql")
 
@@ -52,9 +54,6 @@ COLUMNS = {
 
 #: The columns of ``runs`` the writer reads (lifecycle_stage) or sets when a run ends.
 RUN_COLUMNS = frozenset({"run_uuid", "lifecycle_stage", "status", "end_time"})
-
-#: MLflow's tag for a run's name: setting it also renames the run (SqlAlchemyStore.set_tag).
-RUN_NAME_TAG = "mlflow.runName"
 
 
 def _fills(table: Any) -> bool:
@@ -135,7 +134,7 @@ class SqlRunWriter:
         """
         from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
 
-        if any(tag.key == RUN_NAME_TAG for tag in tags):
+        if any(tag.key == TAG_RUN_NAME for tag in tags):
             return False
         # each metric key once, by MLflow's own check (name characters, length); the
         # values, timestamps and steps are float and int by construction (MlflowTracker)

@@ -552,14 +552,14 @@ def test_every_sampler_and_pruner_runs(tmp_path, sampler, pruner):
 def test_workers_on_one_grid_run_every_point_once():
     # Two workers (their own samplers, seeded per worker as run_worker seeds them) ask for
     # trials in turn on one study, each trial running while the other is asked for.
-    from bpexp.sweep.search import make_sampler
+    from bpexp.sweep.search import make_sampler, worker_seed
     from bpexp.sweep.worker import _tell  # as the workers tell: a used-up grid's study.stop() is refused outside optimize()
 
     space = {"optim.lr": {"choices": [0.05, 0.1, 0.3]}, "optim.batch_size": {"choices": [8, 16, 32, 64]}}
     spec = sweep_spec_from_dict(spec_dict(n_trials=12, sampler="grid", pruner="none", space=space))
     storage = optuna.storages.InMemoryStorage()
     optuna.create_study(study_name="grid", storage=storage)
-    workers = [optuna.load_study(study_name="grid", storage=storage, sampler=make_sampler(spec, spec.sweep.seed + 7919 * index))
+    workers = [optuna.load_study(study_name="grid", storage=storage, sampler=make_sampler(spec, worker_seed(spec, index)))
                for index in range(2)]
     points = []
     for _ in range(6):

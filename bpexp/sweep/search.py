@@ -20,6 +20,11 @@ if TYPE_CHECKING:  # pragma: no cover
 CYCLIC = ("triangular", "triangular2", "exp_range")
 
 
+def worker_seed(spec: SweepSpec, worker_index: int, offset: int = 0) -> int:
+    """The sampler seed of worker ``worker_index`` that joins a study holding ``offset`` trials: distinct per worker and per restart."""
+    return spec.sweep.seed + 7919 * worker_index + offset
+
+
 def make_sampler(spec: SweepSpec, worker_seed: int) -> "optuna.samplers.BaseSampler":
     """The sampler the spec names, seeded per worker so parallel workers do not propose the same trials.
 

@@ -36,6 +36,7 @@ from bpexp.sweep.search import (
     objective_value,
     suggest_params,
     trial_config,
+    worker_seed,
 )
 from bpexp.sweep.spec import SweepSpec, sweep_spec_from_dict
 from bpexp.sweep.storage import exclusive, open_storage
@@ -672,8 +673,8 @@ def run_worker(
     size = grid_size(spec)
     if size is not None:
         target = min(target, size)
-    seed = spec.sweep.seed + 7919 * job.worker_index + job.seed_offset  # distinct per worker and per restart
-    study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=make_sampler(spec, seed), pruner=make_pruner(spec))
+    sampler = make_sampler(spec, worker_seed(spec, job.worker_index, job.seed_offset))
+    study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
     # a worker started while the sweep's parent run was being created reads its id from the
     # study once it is there; runs it started before that get their parent tag then
     parent_run_id = None if job.parent_from_study else job.parent_run_id
