@@ -532,9 +532,9 @@ class MlflowTracker(Tracker):
     Args:
         uri: a tracking URI; see :func:`resolve_tracking_uri` for the default.
         experiment: the experiment name, created on first use.
-        sql_writes: write the batches and the ends of the runs created here straight
-            into a SQL store's tables (:mod:`bpexp.tracking_sql`) rather than through
-            MLflow's ORM. None (the default) means on, unless the environment sets
+        sql_writes: create runs, and write the batches and the ends of the runs created
+            here, straight into a SQL store's tables (:mod:`bpexp.tracking_sql`) rather
+            than through MLflow's ORM. None (the default) means on, unless the environment sets
             ``BPEXP_SQL_BATCH_WRITES=0``.
     """
 
@@ -637,6 +637,14 @@ class MlflowTracker(Tracker):
         if parent_run_id is not None:
             all_tags[TAG_PARENT] = parent_run_id
         experiment_id = self.experiment_id
+        writer = self._store_writer()
+        if writer is not None:
+            start_time = int(time.time() * 1000)
+            created = self._call(lambda: writer.create(experiment_id, name, all_tags, start_time), f"creating run {name!r}")
+            if created is not None:
+                run_id, artifact_uri = created
+                self._open_here[run_id] = artifact_uri
+                return run_id
         run = self._call(
             lambda: self.client.create_run(experiment_id, tags=all_tags, run_name=name), f"creating run {name!r}"
         )
@@ -644,16 +652,20 @@ class MlflowTracker(Tracker):
         self._open_here[run.info.run_id] = run.info.artifact_uri if usable else None
         return run.info.run_id
 
-    def _sql_writer(self, run_id: str) -> Any:
-        """The store's :class:`~bpexp.tracking_sql.SqlRunWriter` for a run created here and still open, else None."""
-        if run_id not in self._open_here:
-            return None
+    def _store_writer(self) -> Any:
+        """The store's :class:`~bpexp.tracking_sql.SqlRunWriter`, or None where it does not apply or is switched off."""
         if self._batch_writer is False:
             from bpexp.tracking_sql import SqlRunWriter
 
             store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
             self._batch_writer = SqlRunWriter.for_store(store) if store is not None else None
         return self._batch_writer
+
+    def _sql_writer(self, run_id: str) -> Any:
+        """The store's :class:`~bpexp.tracking_sql.SqlRunWriter` for a run created here and still open, else None."""
+        if run_id not in self._open_here:
+            return None
+        return self._store_writer()
 
     def _write_past_orm(self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> bool:
         """Store a batch of a run created here with :mod:`bpexp.tracking_sql`; False if MLflow must write it."""

@@ -1,4 +1,4 @@
-"""A run's metrics, params, tags and end written straight into an MLflow SQL store.
+"""A run's creation, metrics, params, tags and end written straight into an MLflow SQL store.
 
 MLflow's ``SqlAlchemyStore.log_batch`` makes one ORM object per metric value, param
 and tag, reads the run back once per kind, rewrites the run's ``latest_metrics``
@@ -6,8 +6,10 @@ rows through the ORM too, and flushes it all through SQLAlchemy's unit of work: 
 0.15 ms of CPU per metric row, most of what a sweep trial's run costs to record
 (``python benchmarks/tracking_write_cost.py``). :class:`SqlRunWriter` writes the
 same rows with SQLAlchemy Core instead, in one transaction, several times cheaper;
-and it ends a run with one ``UPDATE``, where MLflow's ``set_terminated`` also reads
-the whole run back. Both follow MLflow:
+it ends a run with one ``UPDATE``, where MLflow's ``set_terminated`` also reads
+the whole run back; and it creates a run with one ``SELECT`` of its experiment and
+two ``INSERT`` statements, where MLflow's ``create_run`` loads the experiment through the ORM
+and reads the new run back with its dataset inputs. All follow MLflow:
 
 - into the tables as the installed MLflow defines them (the ``__table__`` of its
   ``SqlMetric``, ``SqlLatestMetric``, ``SqlParam``, ``SqlTag`` and ``SqlRun``
@@ -16,6 +18,11 @@ the whole run back. Both follow MLflow:
   and tag values as MLflow does), every metric value sanitised by the store's own
   ``sanitize_metric_value`` (NaN → 0 with ``is_nan``, ±inf → ±max float), identical
   metric rows of one batch written once;
+- a new run's row as ``SqlAlchemyStore.create_run`` fills it (source type
+  ``UNKNOWN``, empty source fields, ``user_id`` from the ``mlflow.user`` tag or
+  ``unknown``, status ``RUNNING``, artifact URI under the experiment's location
+  by MLflow's own ``append_to_uri_path``), its name also as the ``mlflow.runName``
+  tag, and only in an active experiment;
 - by MLflow's rules: a metric row the store already holds is skipped; a value
   becomes its key's ``latest_metrics`` row when its ``(step, timestamp, value)`` is
   greater (``_update_latest_metrics_if_necessary``); a param keeps its first value; a
@@ -26,11 +33,16 @@ It is used only where it is tested (MLflow 3, SQLite and PostgreSQL behind MLflo
 does is left to MLflow's own ``log_batch``: a table with columns it does not fill (a
 later schema), a run that is not active, a param whose value would change, the
 ``mlflow.runName`` tag (MLflow also renames the run). :meth:`~SqlRunWriter.write`
-then returns False and nothing of the batch is stored.
+then returns False and nothing of the batch is stored. Likewise
+:meth:`~SqlRunWriter.create` returns None, creating nothing, for what MLflow's
+``create_run`` must do: a ``runs`` or ``tags`` table whose columns are not exactly
+the ones it fills, a run without a name (MLflow draws one), a ``mlflow.runName``
+tag, a tag MLflow's validator would refuse or cut, an experiment that is not active.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa  # MLflow's own dependency; this module is imported only beside MLflow
@@ -54,6 +66,19 @@ COLUMNS = {
 
 #: The columns of ``runs`` the writer reads (lifecycle_stage) or sets when a run ends.
 RUN_COLUMNS = frozenset({"run_uuid", "lifecycle_stage", "status", "end_time"})
+
+#: The columns a new run's rows fill, as MLflow 3's ``SqlAlchemyStore.create_run`` does. The
+#: writer creates runs only where ``runs`` and ``tags`` have exactly these: a column a later
+#: schema adds may be one MLflow fills on creation.
+CREATE_COLUMNS = {
+    "runs": frozenset({"run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",
+                       "start_time", "end_time", "deleted_time", "source_version", "lifecycle_stage", "artifact_uri",
+                       "experiment_id"}),
+    "tags": frozenset({"run_uuid", "key", "value"}),
+}
+
+#: The columns of ``experiments`` read when a run is created in it.
+EXPERIMENT_COLUMNS = frozenset({"experiment_id", "lifecycle_stage", "artifact_location"})
 
 
 def _fills(table: Any) -> bool:
@@ -80,7 +105,17 @@ class SqlRunWriter:
         self.params = tables["params"]
         self.tags = tables["tags"]
         self.runs = tables["runs"]
+        self.experiments = tables.get("experiments")
+        """MLflow's ``experiments`` table where :meth:`create` may create runs, else None."""
         self._valid_metric_keys: set[str] = set()
+        latest = self.latest
+        # one statement for every key whose latest value moves, sent as one executemany
+        self._move_latest = (
+            sa.update(latest)
+            .where(latest.c.run_uuid == sa.bindparam("b_run_uuid"), latest.c.key == sa.bindparam("b_key"))
+            .values(value=sa.bindparam("b_value"), timestamp=sa.bindparam("b_timestamp"), step=sa.bindparam("b_step"),
+                    is_nan=sa.bindparam("b_is_nan"))
+        )
         # metric rows the store already holds are skipped, as MLflow's log_batch skips them;
         # a held row is never later than its key's latest value, so the latest rows come out
         # as MLflow leaves them too
@@ -99,7 +134,7 @@ class SqlRunWriter:
         only the columns the writer fills (or columns the database fills).
         """
         try:
-            from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+            from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
             from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
             from mlflow.version import VERSION
         except ImportError:
@@ -116,7 +151,57 @@ class SqlRunWriter:
         runs = SqlRun.__table__
         if not RUN_COLUMNS <= {column.name for column in runs.columns}:
             return None
-        return cls(store, {**tables, "runs": runs})
+        experiments = SqlExperiment.__table__
+        creates = (
+            all({column.name for column in table.columns} == CREATE_COLUMNS[table.name] for table in (runs, tables["tags"]))
+            and EXPERIMENT_COLUMNS <= {column.name for column in experiments.columns}
+        )
+        return cls(store, {**tables, "runs": runs, **({"experiments": experiments} if creates else {})})
+
+    def create(self, experiment_id: str, name: str | None, tags: Mapping[str, str], start_time: int) -> tuple[str, str] | None:
+        """Create a RUNNING run named ``name`` with ``tags``, as MLflow's ``MlflowClient.create_run`` does.
+
+        Returns:
+            ``(run id, artifact URI)``; or None, with nothing created, where MLflow's
+            own ``create_run`` must do it (see the module docstring): it then creates
+            the run or says why not.
+
+        Raises:
+            sqlalchemy.exc.OperationalError: the store is locked or unreachable.
+        """
+        from mlflow.entities import LifecycleStage, RunStatus, SourceType
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.utils.mlflow_tags import MLFLOW_USER
+        from mlflow.utils.uri import append_to_uri_path
+        from mlflow.utils.validation import _validate_tag
+
+        experiments = self.experiments
+        if experiments is None or not name or TAG_RUN_NAME in tags or not str(experiment_id).isdigit():
+            return None
+        try:
+            if any(_validate_tag(key, value).value != value for key, value in tags.items()):
+                return None  # MLflow's create_run stores long values uncut: let it
+        except MlflowException:
+            return None  # MLflow's create_run says why (or stores what its log_batch would refuse)
+        run_id = uuid.uuid4().hex
+        with self.store.engine.begin() as connection:
+            found = connection.execute(
+                sa.select(experiments.c.lifecycle_stage, experiments.c.artifact_location)
+                .where(experiments.c.experiment_id == int(experiment_id))
+            ).one_or_none()
+            if found is None or found.lifecycle_stage != LifecycleStage.ACTIVE:
+                return None  # nothing written yet: MLflow's create_run raises its own error
+            artifact_uri = append_to_uri_path(found.artifact_location, run_id, SqlAlchemyStore.ARTIFACTS_FOLDER_NAME)
+            connection.execute(sa.insert(self.runs).values(
+                run_uuid=run_id, name=name, source_type=SourceType.to_string(SourceType.UNKNOWN), source_name="",
+                entry_point_name="", user_id=tags.get(MLFLOW_USER, "unknown"), status=RunStatus.to_string(RunStatus.RUNNING),
+                start_time=start_time, end_time=None, deleted_time=None, source_version="",
+                lifecycle_stage=LifecycleStage.ACTIVE, artifact_uri=artifact_uri, experiment_id=int(experiment_id),
+            ))
+            rows = [{"run_uuid": run_id, "key": key, "value": value} for key, value in {**tags, TAG_RUN_NAME: name}.items()]
+            connection.execute(sa.insert(self.tags), rows)
+        return run_id, artifact_uri
 
     def write(self, run_id: str, metrics: Sequence[Any] = (), params: Sequence[Any] = (), tags: Sequence[Any] = ()) -> bool:
         """Store MLflow ``Metric``, ``Param`` and ``RunTag`` entities of run ``run_id`` in one transaction.
@@ -243,14 +328,10 @@ class SqlRunWriter:
         fresh = [dict(row) for key, row in newest.items() if key not in held]
         if fresh:
             connection.execute(sa.insert(latest), fresh)
-        for key, row in newest.items():
-            old = held.get(key)
-            if old is not None and _later(row, old):
-                connection.execute(
-                    sa.update(latest)
-                    .where(latest.c.run_uuid == run_id, latest.c.key == key)
-                    .values(value=row["value"], timestamp=row["timestamp"], step=row["step"], is_nan=row["is_nan"])
-                )
+        moved = [{f"b_{name}": value for name, value in row.items()}
+                 for key, row in newest.items() if key in held and _later(row, held[key])]
+        if moved:
+            connection.execute(self._move_latest, moved)
 
 
 class _LeftToMlflow(Exception):

@@ -194,13 +194,74 @@ def test_only_sql_stores_with_the_known_columns_are_served(mlflow_server):
     assert not _fills(sa.Table("params", sa.MetaData(), sa.Column("key", sa.String), sa.Column("value", sa.String)))
 
 
+# ------------------------------------------------------------------- run creation
+
+
+def _created(client, writer, run_id: str) -> dict:
+    """A new run as MlflowClient reads it back and as its rows stand in the store (some columns MLflow no longer shows), its id taken out."""
+    run = client.get_run(run_id)
+    info = {k: v for k, v in vars(run.info).items() if k not in ("_run_id", "_run_uuid", "_artifact_uri")}
+    with writer.store.engine.connect() as connection:
+        row = dict(connection.execute(sa.select(writer.runs).where(writer.runs.c.run_uuid == run_id)).one()._mapping)
+    row = {k: (v.replace(run_id, "<id>") if isinstance(v, str) else v) for k, v in row.items()}
+    return {"info": info, "artifact_uri": run.info.artifact_uri.replace(run_id, "<id>"), "tags": dict(run.data.tags),
+            "params": dict(run.data.params), "metrics": dict(run.data.metrics), "inputs": run.inputs.dataset_inputs, "row": row}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_create_makes_the_run_create_run_makes(store, request):
+    uri = request.getfixturevalue("mlflow_sqlite_uri" if store == "sqlite" else "mlflow_pg_uri")
+    client, writer, experiment_id = _client_and_writer(uri)
+    parent = client.create_run(experiment_id).info.run_id
+    tags = {"bpexp.kind": "trial", "mlflow.parentRunId": parent, "mlflow.user": "ada", "bpexp.note": "ü" * 40}
+    created = writer.create(experiment_id, "trial-3", tags, 1_700_000_000_456)
+    assert created is not None
+    ours, artifact_uri = created
+    theirs = client.create_run(experiment_id, start_time=1_700_000_000_456, tags=tags, run_name="trial-3").info.run_id
+    assert _created(client, writer, ours) == _created(client, writer, theirs)
+    run = client.get_run(ours)
+    assert (run.info.run_name, run.info.status, run.info.user_id, run.info.start_time) == ("trial-3", "RUNNING", "ada", 1_700_000_000_456)
+    assert run.info.artifact_uri == artifact_uri and artifact_uri.endswith(f"/{ours}/artifacts")
+    assert [r.info.run_id for r in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'")] in (
+        [ours, theirs], [theirs, ours])
+    assert writer.write(ours, params=_entities(((), {"optim.lr": "0.1"}, {}))[1])  # a run it made is one it writes to
+    assert client.get_run(ours).data.params == {"optim.lr": "0.1"}
+
+
+def test_create_leaves_to_mlflow_what_create_run_does_its_own_way(mlflow_sqlite_uri):
+    client, writer, experiment_id = _client_and_writer(mlflow_sqlite_uri)
+    assert writer.create(experiment_id, None, {}, 1) is None  # MLflow draws a name
+    assert writer.create(experiment_id, "a", {"mlflow.runName": "b"}, 1) is None  # MLflow checks the two agree
+    assert writer.create(experiment_id, "a", {"t": "x" * 10_000}, 1) is None  # create_run would store it uncut
+    assert writer.create(experiment_id, "a", {"bad key?": "x"}, 1) is None
+    assert writer.create("999999", "a", {}, 1) is None  # no such experiment: MLflow says so
+    client.delete_experiment(experiment_id)
+    assert writer.create(experiment_id, "a", {}, 1) is None  # a deleted experiment: MLflow refuses
+    client.restore_experiment(experiment_id)
+    assert client.search_runs([experiment_id]) == []  # none of the refusals created anything
+
+
+def test_create_needs_the_exact_columns_it_fills(mlflow_sqlite_uri, monkeypatch):
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+
+    client, writer, experiment_id = _client_and_writer(mlflow_sqlite_uri)
+    assert writer.experiments is not None
+    store = client._tracking_client.store
+    later = sa.Table("runs", sa.MetaData(), *(sa.Column(c.name, c.type) for c in SqlRun.__table__.columns),
+                     sa.Column("workspace", sa.String, nullable=True))
+    monkeypatch.setattr(SqlRun, "__table__", later)  # a later schema's runs table: one column more
+    other = SqlRunWriter.for_store(store)
+    assert other is not None and other.experiments is None  # still writes batches, creates nothing
+    assert other.create(experiment_id, "a", {}, 1) is None
+
+
 # ------------------------------------------------------------------- MlflowTracker
 
 
 def _counting(tracker, monkeypatch) -> list[str]:
     calls: list[str] = []
     client = tracker.client
-    for name in ("log_batch", "set_terminated"):
+    for name in ("create_run", "log_batch", "set_terminated"):
         original = getattr(client, name)
         monkeypatch.setattr(client, name, lambda *a, _n=name, _o=original, **k: calls.append(_n) or _o(*a, **k))
     return calls
@@ -211,6 +272,7 @@ def test_the_tracker_writes_runs_it_created_past_the_orm(mlflow_sqlite_uri, monk
     tracker.check()
     calls = _counting(tracker, monkeypatch)
     run_id = tracker.start_run("trial")
+    assert tracker.read_run(run_id).status == "RUNNING"
     tracker.log_batch(run_id, metrics=[("loss", 1.0 / s, s) for s in range(1, 1201)], params={"lr": 0.1}, tags={"t": "x"})
     tracker.end_run(run_id, "FINISHED")
     assert calls == []
@@ -226,11 +288,11 @@ def test_the_tracker_leaves_other_runs_and_a_switched_off_writer_to_mlflow(mlflo
     calls = _counting(tracker, monkeypatch)
     other = tracker.client.create_run(tracker.experiment_id).info.run_id  # not created by this tracker
     tracker.log_metrics(other, [("loss", 1.0, 1)])
-    assert calls == ["log_batch"]
+    assert calls == ["create_run", "log_batch"]
     monkeypatch.setenv(SQL_WRITES_ENV, "0")
     switched_off = MlflowTracker(mlflow_sqlite_uri, "past-orm-off")
     calls_off = _counting(switched_off, monkeypatch)
     run_id = switched_off.start_run("trial")
     switched_off.log_metrics(run_id, [("loss", 1.0, 1)])
     switched_off.end_run(run_id)
-    assert calls_off == ["log_batch", "set_terminated"]
+    assert calls_off == ["create_run", "log_batch", "set_terminated"]
