@@ -13,8 +13,10 @@ run starts from an empty study) and reports, in one run:
    and the median pruner judges them against different peers), so the same is also
    measured on equal work: the spec as a grid without pruning (:func:`equal_work_spec`),
    where 1 and 2 workers run exactly the same trials (repeated and interleaved like
-   the rest); and, for the ceiling, what the machine gives two trainings side by
-   side against one alone;
+   the rest), once about as long as the spec's own sweep and once four times longer
+   (``--long-lrs``), where what a sweep pays once (starting Python, importing MLflow,
+   the last writes) weighs a quarter as much; and, for the ceiling, what the machine
+   gives two trainings side by side against one alone;
 3. pruning: the epochs the sweep spends with its pruner against the same sweep
    with ``pruner: none``, and both best values.
 
@@ -22,6 +24,7 @@ Usage::
 
     python benchmarks/sweep_speed.py                       # experiments/digits_sweep.yaml
     python benchmarks/sweep_speed.py --spec my_sweep.yaml --repeats 3 --json
+    python benchmarks/sweep_speed.py --long-lrs 0          # without the long grid (a third of the time)
 
 Not a test: the figures depend on the machine and its load. Progress goes to stderr,
 the table (or ``--json``) to stdout.
@@ -157,24 +160,26 @@ def no_pruning_spec(spec: Path, folder: Path) -> Path:
     return path
 
 
-def equal_work_spec(spec: Path, folder: Path) -> Path:
+def equal_work_spec(spec: Path, folder: Path, lr_values: int = 2) -> Path:
     """The spec as a grid without pruning: 1 and 2 workers then run exactly the same trials.
 
     Every trial trains with the spec's one seed, so equal parameters mean equal work.
     The grid walks the space's ``choices``; λ (searched on a range, or ``lr: auto``)
-    takes two values, half and twice the spec's ``optim.lr``; other ranges keep the
-    spec's base value. ``n_trials`` is the grid's size, so that no worker picks a subset.
+    takes ``lr_values`` values spaced evenly on a log scale from half to twice the
+    spec's ``optim.lr`` (2: just those two); other ranges keep the spec's base value.
+    ``n_trials`` is the grid's size, so that no worker picks a subset.
     """
     raw = yaml.safe_load(spec.read_text())
     space = raw["sweep"].get("space") or {}
     grid = {key: value for key, value in space.items() if isinstance(value, dict) and "choices" in value}
     if space.get("lr") == "auto" or "optim.lr" in space and "optim.lr" not in grid:
         base_lr = float((raw.get("optim") or {}).get("lr", 0.1))
-        grid["optim.lr"] = {"choices": [base_lr / 2, base_lr * 2]}
+        exponents = [-1 + 2 * i / (lr_values - 1) for i in range(lr_values)] if lr_values > 1 else [0.0]
+        grid["optim.lr"] = {"choices": [float(f"{base_lr * 2 ** e:.6g}") for e in exponents]}
     raw["sweep"].update(space=grid, sampler="grid", pruner={"name": "none"},
                         n_trials=math.prod(len(value["choices"]) for value in grid.values()))
     raw["sweep"].pop("lr_find", None)
-    path = folder / "equal_work.yaml"
+    path = folder / f"equal_work_{lr_values}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -217,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="a sweep spec [experiments/digits_sweep.yaml]")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each variant: tracked or not, 1 or 2 workers, with the spec's pruner or none [2]")
+    parser.add_argument("--long-lrs", type=int, default=8,
+                        help="λ values of the long equal-work grid, where the one-off costs of a sweep (starting "
+                             "Python, importing MLflow, the last writes) weigh little: 8 makes the digits grid 120 "
+                             "trials; 0 skips it [8]")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
 
@@ -232,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         unpruned: dict[str, list[dict]] = {f"{kind}, 1 worker": [] for kind in flags}
         # exactly the same trials for 1 and 2 workers: the spec as a grid, without pruning
         equal: dict[str, list[dict]] = {name: [] for name in variants}
+        long: dict[str, list[dict]] = {name: [] for name in variants}
         plan = [(args.spec, variants, workers, ""), (no_pruning_spec(args.spec, work), unpruned, {"1 worker": []}, ", without pruning"),
                 (equal_work_spec(args.spec, work), equal, workers, ", equal work (grid)")]
+        if args.long_lrs > 0:
+            plan.append((equal_work_spec(args.spec, work, args.long_lrs), long, workers, ", long equal work (grid)"))
         for repeat in range(args.repeats):
             # what is compared runs side by side in time, so that the shared machine's drifting
             # load hits both alike: tracked and --no-track as a pair, one first and then the
@@ -269,12 +281,25 @@ def main(argv: list[str] | None = None) -> int:
     def phase_per_minute(runs: list[dict]) -> float:
         return median([r["finished_trials"] / (r["trial_phase"] / 60) for r in runs])
 
+    def paired_speedups(one: list[dict], two: list[dict], key: str) -> list[float]:
+        """Per repeat, 2 workers' rate over 1 worker's: runs close in time, so the spread says how far one run can be trusted."""
+        return [per_minute([b], key) / per_minute([a], key) for a, b in zip(one, two)]
+
+    def long_scaling(kind: str) -> dict[str, Any] | None:
+        one, two = long[f"{kind}, 1 worker"], long[f"{kind}, 2 workers"]
+        if not one:
+            return None
+        runs = paired_speedups(one, two, "finished_trials")
+        return {"trials": one[0]["finished_trials"], "wall_s": [median([r["wall"] for r in one]), median([r["wall"] for r in two])],
+                "cpu_s": [median([r["cpu"] for r in one]), median([r["cpu"] for r in two])],
+                "speedup_trials": median(runs), "speedup_trials_runs": [round(x, 2) for x in runs],
+                "speedup_trial_phase": phase_per_minute(two) / phase_per_minute(one),
+                "epochs": [min(r["epochs_total"] for r in one + two), max(r["epochs_total"] for r in one + two)]}
+
     def scaling(kind: str) -> dict[str, Any]:
         one, two = variants[f"{kind}, 1 worker"], variants[f"{kind}, 2 workers"]
         flat_one, flat_two = equal[f"{kind}, 1 worker"], equal[f"{kind}, 2 workers"]
-        # the ratio within each repeat, whose runs were close in time: the spread says how far one run can be trusted
-        paired = {key: [per_minute([b], key) / per_minute([a], key) for a, b in zip(flat_one, flat_two)]
-                  for key in ("steps_total", "finished_trials")}
+        paired = {key: paired_speedups(flat_one, flat_two, key) for key in ("steps_total", "finished_trials")}
         return {
             "one_worker_trials_per_min": per_minute(one, "finished_trials"),
             "two_workers_trials_per_min": per_minute(two, "finished_trials"),
@@ -294,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             "equal_work_speedup_trials_runs": [round(x, 2) for x in paired["finished_trials"]],
             # the same parameters and seed give the same epochs, so equal totals say the work was equal
             "equal_work_epochs": [min(r["epochs_total"] for r in flat_one + flat_two), max(r["epochs_total"] for r in flat_one + flat_two)],
+            "long_equal_work": long_scaling(kind),
             "goal": ">= 1.8",
         }
 
@@ -367,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
               f"steps/min {w['equal_work_speedup_steps']:.2f}×; epochs per sweep "
               + ("{0} in every run".format(w["equal_work_epochs"][0]) if w["equal_work_epochs"][0] == w["equal_work_epochs"][1]
                  else "{0}-{1}: the runs did not train the same epochs".format(*w["equal_work_epochs"])))
+        lw = w["long_equal_work"]
+        if lw is not None:
+            print(f"              long equal work, the same {lw['trials']} grid trials: {lw['wall_s'][0]:.1f} s vs {lw['wall_s'][1]:.1f} s "
+                  f"({lw['cpu_s'][0]:.1f} s vs {lw['cpu_s'][1]:.1f} s CPU), trials/min {lw['speedup_trials']:.2f}× (goal ≥ 1.8×; per "
+                  f"repeat {lw['speedup_trials_runs']}), {lw['speedup_trial_phase']:.2f}× from the first trial's start to the last one's end; "
+                  + ("{0} epochs in every run".format(lw["epochs"][0]) if lw["epochs"][0] == lw["epochs"][1]
+                     else "{0}-{1} epochs: the runs did not train the same epochs".format(*lw["epochs"])))
     print(f"  pruning     {p['epochs_with_pruning']} epochs with the pruner ({p['pruned_trials']} trials pruned) vs "
           f"{p['epochs_without_pruning']} without ({100 * p['epochs_saved_fraction']:.0f} % saved); best {p['objective'][0]} "
           f"{p['best_with_pruning']:.4f} vs {p['best_without_pruning']:.4f}")

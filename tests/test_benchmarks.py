@@ -93,3 +93,9 @@ def test_sweep_speed_equal_work_spec_is_the_whole_grid(tmp_path):
     assert spec.sweep.n_trials == grid_size(spec) == 5 * 3 * 2  # schedules × batch sizes × two λ
     assert spec.space["optim.lr"].choices == [0.05, 0.2]  # half and twice the spec's optim.lr, 0.1
     assert spec.base == load_sweep_spec(digits).base  # the model, data and budget are the spec's own
+    long = load_sweep_spec(sweep_speed.equal_work_spec(digits, tmp_path, lr_values=8))
+    assert long.sweep.n_trials == grid_size(long) == 5 * 3 * 8
+    lrs = long.space["optim.lr"].choices
+    assert (lrs[0], lrs[-1]) == (0.05, 0.2) and len(set(lrs)) == 8 and lrs == sorted(lrs)
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    assert max(ratios) / min(ratios) < 1 + 1e-4  # evenly spaced on a log scale
