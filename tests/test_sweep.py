@@ -458,6 +458,15 @@ def test_two_workers_share_the_default_stores(tmp_path, monkeypatch, _mlflow_tem
     assert sorted(int(r.data.params["trial_number"]) for r in trial_runs) == list(range(8))
     assert all(r.info.status == "FINISHED" for r in trial_runs)
     assert all(r.data.tags["mlflow.parentRunId"] == payload["parent_run_id"] for r in runs if r.data.tags.get("bpexp.kind") != "sweep")
+    # the best trial's curves on the parent, drawn when its worker ran out of trials or at the
+    # end: either way the best trial's own, from its history
+    from bpexp.sweep.worker import curves_title
+    from bpexp.tracking import curves_png
+
+    best = payload["best_trial"]
+    history = History.from_dict(json.loads(Path(client.download_artifacts(best["run_id"], "history.json", str(tmp_path))).read_text()))
+    drawn = Path(client.download_artifacts(payload["parent_run_id"], f"best_trial_{best['number']}/curves.png", str(tmp_path))).read_bytes()
+    assert drawn == curves_png(history, curves_title("iris-sweep", best["number"]))
 
 
 def test_a_killed_sweep_resumes(tmp_path, _mlflow_template_db):
@@ -627,4 +636,35 @@ def test_best_curves_are_drawn_ahead_for_each_best_that_outlives_the_next_trial(
         if value is not None:
             best.offer(f"run-{number}", number, value, history=None)
         best.trial_ended(number)
+    assert prepared == [(f"run-{n}", f"s trial {n}") for n in drawn]
+
+
+@pytest.mark.parametrize("study_best,drawn", [(3, [3]), (7, []), (None, [])])
+def test_one_of_several_workers_draws_its_best_only_when_it_runs_out_of_trials_and_only_the_studys_best(study_best, drawn):
+    # beside other workers a drawing takes their CPU: nothing while trials remain, then this
+    # worker's own best if no other worker's trial beat it (7: another worker's; None: none complete)
+    from types import SimpleNamespace
+
+    from bpexp.sweep.worker import BestCurves
+
+    class Study:
+        @property
+        def best_value(self):
+            raise ValueError("no complete trial")
+
+        @property
+        def best_trial(self):
+            if study_best is None:
+                raise ValueError("no complete trial")
+            return SimpleNamespace(number=study_best)
+
+    prepared = []
+    tracker = SimpleNamespace(prepare_curves=lambda run_id, history, title: prepared.append((run_id, title)))
+    spec = SimpleNamespace(study_name="s", sweep=SimpleNamespace(directions=["minimize"]))
+    best = BestCurves(tracker, spec, Study(), mode="at_finish")
+    for number, value in [(1, 0.5), (3, 0.2), (5, 0.4)]:
+        best.offer(f"run-{number}", number, value, history=None)
+        best.trial_ended(number)
+    assert prepared == []
+    best.finish(Study())
     assert prepared == [(f"run-{n}", f"s trial {n}") for n in drawn]

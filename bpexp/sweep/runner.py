@@ -244,7 +244,7 @@ def _sweep(spec: SweepSpec, tracker: "Tracker", storage_url: str, workers: int, 
         auto=auto,
         n_trials=target,
         seed_offset=len(study.get_trials(deepcopy=False)),
-        prepare_curves=workers == 1 and spec.sweep.curves == "best" and not spec.sweep.multi_objective,
+        best_curves=("ahead" if workers == 1 else "at_finish") if spec.sweep.curves == "best" and not spec.sweep.multi_objective else "none",
     )
 
     def report(state: str | None = None) -> None:

@@ -80,8 +80,9 @@ class WorkerJob:
     seed_offset: int = 0
     parent_from_study: bool = False
     """True when ``parent_run_id`` was not known yet: read it from the study's ATTR_PARENTS."""
-    prepare_curves: bool = False
-    """True for the only worker on a machine: have the tracking process draw each new best's curves ahead."""
+    best_curves: str = "none"
+    """How the tracking process draws the best trial's curves ahead of the sweep's end (see :class:`BestCurves`):
+    ``ahead`` (the only worker on a machine), ``at_finish`` (one of several) or ``none``."""
 
     def to_json(self) -> str:
         """The job as a JSON document."""
@@ -326,19 +327,25 @@ def curves_title(study_name: str, number: int) -> str:
 
 
 class BestCurves:
-    """Has the tracking process draw the best trial's curves.png while the next trials train.
+    """Has the tracking process draw the best trial's curves.png before the sweep ends.
 
     The sweep stores the best trial's curves at its end; drawn then, they were the
-    largest part of the wait after the last trial (0.3 s). Only for a worker alone on
-    its machine, whose tracking process has a core to itself: beside other workers
-    the drawing would take their time. A new best is sent to be drawn once the next
-    trial has ended without beating it, so that a best the very next trial beats (the
-    common case early in a sweep) costs no drawing; a best found by the last trial is
-    drawn at the end, as without this.
+    largest part of the wait after the last trial (0.3 s). Two ways, by ``mode``:
+
+    - ``ahead``, for a worker alone on its machine, whose tracking process has a core
+      to itself: a new best is sent to be drawn once the next trial has ended without
+      beating it, so that a best the very next trial beats (the common case early in a
+      sweep) costs no drawing; a best found by the last trial is drawn at the end, as
+      without this.
+    - ``at_finish``, for one of several workers: drawing during the sweep would take
+      the other workers' CPU, so a worker keeps its own best and, when it runs out of
+      trials (:meth:`finish`), sends it if it is still the study's best. The other
+      workers are then finishing their last trials and this worker's core is free.
     """
 
-    def __init__(self, tracker: "Tracker", spec: SweepSpec, study: Any) -> None:
+    def __init__(self, tracker: "Tracker", spec: SweepSpec, study: Any, mode: str = "ahead") -> None:
         self.tracker = tracker
+        self.ahead = mode == "ahead"
         self.study_name = spec.study_name
         self.minimize = spec.sweep.directions[0] == "minimize"
         self.waiting: tuple[int, str, Any] | None = None  # (trial number, run id, history) of a best not yet sent
@@ -357,9 +364,24 @@ class BestCurves:
         self.waiting = (number, run_id, history)
 
     def trial_ended(self, number: int) -> None:
-        """Trial ``number`` is over: send the best kept for drawing, unless this very trial made it."""
-        if self.waiting is None or self.waiting[0] == number:
+        """Trial ``number`` is over: (``ahead``) send the best kept for drawing, unless this very trial made it."""
+        if not self.ahead or self.waiting is None or self.waiting[0] == number:
             return
+        self._send()
+
+    def finish(self, study: Any) -> None:
+        """The worker has run out of trials: (``at_finish``) send the best kept if it is the study's best now."""
+        if self.ahead or self.waiting is None:
+            return
+        try:
+            best = study.best_trial.number
+        except (ValueError, RuntimeError):  # no complete trial (RuntimeError: several objectives)
+            return
+        if best == self.waiting[0]:
+            self._send()
+
+    def _send(self) -> None:
+        assert self.waiting is not None
         best_number, run_id, history = self.waiting
         self.waiting = None
         self.tracker.prepare_curves(run_id, history, curves_title(self.study_name, best_number))
@@ -685,7 +707,7 @@ def run_worker(
     recorder = Recorder() if tracker.uri is not None and not tracker.asynchronous else None
     late: dict[int, str] = {}
     blas = BlasShare(tracker)
-    best_curves = BestCurves(tracker, spec, study) if job.prepare_curves and tracker.asynchronous else None
+    best_curves = BestCurves(tracker, spec, study, job.best_curves) if job.best_curves != "none" and tracker.asynchronous else None
     stats = WorkerStats()
     me = identity()
     max_failures = max_failures if max_failures is not None else max(3, target)
@@ -731,6 +753,8 @@ def run_worker(
                 on_trial(state)
             if stats.failed >= max_failures:
                 break
+        if best_curves is not None:
+            best_curves.finish(study)
         if orphans and tracker.uri is not None:
             _adopt(tracker, orphans, wait_for_parent(study, tracker.uri))
     finally:
