@@ -229,11 +229,13 @@ class Tracker(ABC):
             for target in also:
                 self.log_artifacts(target, out.parent)  # folder/curves.png
 
-    def prepare_curves(self, run_id: str, history: "History", title: str) -> None:
+    def prepare_curves(self, run_id: str, history: "History | None", title: str) -> None:
         """Draw ahead the curves :meth:`log_run_curves` may store for this run later, where that costs nothing.
 
-        A tracker that writes from a helper process draws them there, while the next
-        trials train, and keeps only the latest; this one has no spare core and does nothing.
+        ``history`` None: the run's history.json in the store (nothing is drawn when
+        it is not there yet). A tracker that writes from a helper process draws them
+        there, while the next trials train, and keeps only the latest; this one has
+        no spare core and does nothing.
         """
         return None
 

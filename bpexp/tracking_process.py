@@ -3,8 +3,8 @@
 :class:`ProcessTracker` is a :class:`~bpexp.tracking.Tracker` whose calls go to a child
 process (``python -m bpexp.tracking_process``) that owns the real
 :class:`~bpexp.tracking.MlflowTracker`. Importing MLflow, opening its store, creating
-runs and writing them all cost CPU in Python (about 4 s once, then 29 ms per 60-epoch
-trial run on SQLite: ``python benchmarks/tracking_write_cost.py``) and waits on the
+runs and writing them all cost CPU in Python (1.5-4 s once by machine, then about 8 ms per
+60-epoch trial run on SQLite: ``python benchmarks/tracking_write_cost.py``) and waits on the
 store; in a thread they would share the GIL with the training loop, in the child
 they run beside it on the other core.
 
@@ -268,7 +268,8 @@ class ProcessTracker(Tracker):
         self._cast("log_run_curves", run_id, folder, title, list(also), png=png)
 
     def prepare_curves(self, run_id: str, history: Any, title: str) -> None:
-        # drawn in the child beside the training; kept there for log_run_curves
+        # drawn in the child beside the training (from the stored history.json when history
+        # is None); kept there for log_run_curves
         self._cast("prepare_curves", run_id, history, title)
 
     def log_figure(self, run_id: str, drawer: str, data: Any, path: str) -> None:
@@ -401,6 +402,12 @@ class _Writer:
             return None if found is None else str(found)
         if method == "prepare_curves":
             run_id, history, title = args
+            if self.prepared is not None and self.prepared[:2] == (run_id, title):
+                return None  # several workers that ran out of trials asked for the same best
+            if history is None:
+                history = self._stored_history(run_id)
+                if history is None:
+                    return None  # not written yet: the sweep's end draws it
             self.prepared = (run_id, title, curves_png(history, title))
             return None
         if method == "log_run_curves":
@@ -412,6 +419,21 @@ class _Writer:
         if method in ("log_batch", "log_figure", "end_run", "reopen_run", "read_run", "run_status", "find_runs"):
             return getattr(self.tracker, method)(*args, **kwargs)
         raise ServiceError(f"unknown tracking call {method!r}")
+
+
+    def _stored_history(self, run_id: str) -> Any:
+        """The History in run ``run_id``'s history.json, or None when the store does not hold it."""
+        import json
+
+        from bpexp.train import History
+
+        assert self.tracker is not None
+        with tempfile.TemporaryDirectory(prefix="bpexp-history-") as tmp:
+            try:
+                local = self.tracker.download_artifact(run_id, "history.json", tmp)
+            except Exception:  # no such run or artifact (yet)
+                return None
+            return None if local is None else History.from_dict(json.loads(Path(local).read_text()))
 
 
 class _Server:

@@ -639,11 +639,17 @@ def test_best_curves_are_drawn_ahead_for_each_best_that_outlives_the_next_trial(
     assert prepared == [(f"run-{n}", f"s trial {n}") for n in drawn]
 
 
-@pytest.mark.parametrize("study_best,drawn", [(3, [3]), (7, []), (None, [])])
-def test_one_of_several_workers_draws_its_best_only_when_it_runs_out_of_trials_and_only_the_studys_best(study_best, drawn):
-    # beside other workers a drawing takes their CPU: nothing while trials remain, then this
-    # worker's own best if no other worker's trial beat it (7: another worker's; None: none complete)
+@pytest.mark.parametrize("study_best,others_running,drawn", [
+    (3, 1, [("run-3", "own history", "s trial 3")]),  # its own trial: drawn from the history it holds
+    (7, 1, [("mlflow-7", None, "s trial 7")]),  # another worker's: from the history.json stored for it
+    (3, 0, []),  # the last worker to finish: the sweep's end draws it, or stores what was drawn ahead
+    (None, 1, []),  # no complete trial
+])
+def test_one_of_several_workers_draws_the_best_only_when_it_runs_out_of_trials_before_the_others(study_best, others_running, drawn):
+    # beside other workers a drawing takes their CPU: nothing while this worker has trials left
     from types import SimpleNamespace
+
+    from optuna.trial import TrialState
 
     from bpexp.sweep.worker import BestCurves
 
@@ -656,15 +662,18 @@ def test_one_of_several_workers_draws_its_best_only_when_it_runs_out_of_trials_a
         def best_trial(self):
             if study_best is None:
                 raise ValueError("no complete trial")
-            return SimpleNamespace(number=study_best)
+            return SimpleNamespace(number=study_best, user_attrs={"bpexp.run_id": f"mlflow-{study_best}"})
+
+        def get_trials(self, deepcopy, states):
+            return [SimpleNamespace(state=TrialState.COMPLETE)] * 5 + [SimpleNamespace(state=TrialState.RUNNING)] * others_running
 
     prepared = []
-    tracker = SimpleNamespace(prepare_curves=lambda run_id, history, title: prepared.append((run_id, title)))
+    tracker = SimpleNamespace(prepare_curves=lambda run_id, history, title: prepared.append((run_id, history, title)))
     spec = SimpleNamespace(study_name="s", sweep=SimpleNamespace(directions=["minimize"]))
     best = BestCurves(tracker, spec, Study(), mode="at_finish")
     for number, value in [(1, 0.5), (3, 0.2), (5, 0.4)]:
-        best.offer(f"run-{number}", number, value, history=None)
+        best.offer(f"run-{number}", number, value, history="own history" if number == 3 else "other")
         best.trial_ended(number)
     assert prepared == []
     best.finish(Study())
-    assert prepared == [(f"run-{n}", f"s trial {n}") for n in drawn]
+    assert prepared == drawn

@@ -187,6 +187,35 @@ def test_curves_drawn_ahead_are_stored_as_drawn_and_only_for_their_run_and_title
     assert read(ids[2], "curves.png") == curves_png(recorded, "another title") != curves_png(other, "another title")
 
 
+def test_curves_drawn_ahead_from_the_stored_history_once_per_run_and_title(mlflow_sqlite_uri, tmp_path):
+    # a worker out of trials asks for another worker's best by run id: the child reads its
+    # history.json back; a second request for the same run and title draws nothing new
+    from bpexp.config import config_from_dict
+    from bpexp.data import load_dataset
+    from bpexp.tracking import curves_png, write_run_artifacts
+    from bpexp.train import train
+
+    config = config_from_dict({"data": {"name": "iris"}, "train": {"max_epochs": 4}})
+    recorded = train(config, load_dataset(config.data, config.seed)).history
+    other = train(config.model_copy(update={"seed": 1}), load_dataset(config.data, 1)).history
+    tracker = ProcessTracker(mlflow_sqlite_uri, "proc-curves-stored")
+    tracker.check()
+    parent = tracker.start_run("parent")
+    stored, bare = tracker.start_run("stored", parent_run_id=parent), tracker.start_run("bare", parent_run_id=parent)
+    tracker.log_artifacts(stored, write_run_artifacts(tmp_path / "stored", recorded, curves=False))
+    tracker.prepare_curves(bare, None, "v")  # no history.json: nothing drawn, no error
+    tracker.prepare_curves(stored, None, "u")  # drawn from the stored history
+    tracker.prepare_curves(stored, other, "u")  # the same run and title: kept as first drawn
+    tracker.log_run_curves(stored, "best_trial_0", "u", also=[parent])
+    tracker.flush()
+    ids = [tracker.resolve(run) for run in (parent, stored)]
+    tracker.close()
+
+    client = MlflowClient(mlflow_sqlite_uri)
+    read = lambda run_id, path: Path(client.download_artifacts(run_id, path, str(tmp_path / "dl" / run_id))).read_bytes()  # noqa: E731
+    assert read(ids[0], "best_trial_0/curves.png") == read(ids[1], "curves.png") == curves_png(recorded, "u") != curves_png(other, "u")
+
+
 def test_the_socket_folder_goes_even_when_the_owner_is_killed(mlflow_sqlite_uri):
     import subprocess
     import sys

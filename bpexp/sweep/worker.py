@@ -338,9 +338,11 @@ class BestCurves:
       sweep) costs no drawing; a best found by the last trial is drawn at the end, as
       without this.
     - ``at_finish``, for one of several workers: drawing during the sweep would take
-      the other workers' CPU, so a worker keeps its own best and, when it runs out of
-      trials (:meth:`finish`), sends it if it is still the study's best. The other
-      workers are then finishing their last trials and this worker's core is free.
+      the other workers' CPU, so nothing is drawn until a worker runs out of trials
+      (:meth:`finish`) while others still run theirs, on the core this worker leaves
+      free: the study's best then, from this worker's memory if it ran it, else from
+      the history.json stored for it. The last worker to finish sends nothing: the
+      sweep's end draws the best there, or stores the picture drawn ahead.
     """
 
     def __init__(self, tracker: "Tracker", spec: SweepSpec, study: Any, mode: str = "ahead") -> None:
@@ -370,15 +372,19 @@ class BestCurves:
         self._send()
 
     def finish(self, study: Any) -> None:
-        """The worker has run out of trials: (``at_finish``) send the best kept if it is the study's best now."""
-        if self.ahead or self.waiting is None:
+        """The worker has run out of trials: (``at_finish``, while other trials run) send the study's best now."""
+        if self.ahead or done_count(study)[1] == 0:
             return
         try:
-            best = study.best_trial.number
+            best = study.best_trial
         except (ValueError, RuntimeError):  # no complete trial (RuntimeError: several objectives)
             return
-        if best == self.waiting[0]:
+        if self.waiting is not None and best.number == self.waiting[0]:
             self._send()
+            return
+        run_id = best.user_attrs.get(ATTR_RUN_ID)
+        if run_id:  # another worker's trial: the tracking process reads its history back from the store
+            self.tracker.prepare_curves(run_id, None, curves_title(self.study_name, best.number))
 
     def _send(self) -> None:
         assert self.waiting is not None
