@@ -24,7 +24,7 @@ Usage::
 
     python benchmarks/sweep_speed.py                       # experiments/digits_sweep.yaml
     python benchmarks/sweep_speed.py --spec my_sweep.yaml --repeats 3 --json
-    python benchmarks/sweep_speed.py --long-lrs 0          # without the long grid (a third of the time)
+    python benchmarks/sweep_speed.py --long-lrs 0          # without the long grid (half the time)
 
 Not a test: the figures depend on the machine and its load. Progress goes to stderr,
 the table (or ``--json``) to stdout.
@@ -272,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         """Tracked wall time over --no-track's, pair by pair (each pair ran one after the other), minus one."""
         return [t["wall"] / u["wall"] - 1 for t, u in zip(runs[f"tracked, {count}"], runs[f"--no-track, {count}"])]
 
-    pairs = {(spec, count): overheads(runs, count) for spec, runs in (("pruned", variants), ("unpruned", unpruned), ("equal", equal))
-             for count in ("1 worker", "2 workers") if f"tracked, {count}" in runs}
+    pairs = {(spec, count): overheads(runs, count)
+             for spec, runs in (("pruned", variants), ("unpruned", unpruned), ("equal", equal), ("long", long))
+             for count in ("1 worker", "2 workers") if runs.get(f"tracked, {count}")}
 
     def per_minute(runs: list[dict], key: str) -> float:
         return median([r[key] / (r["wall"] / 60) for r in runs])
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             "two_workers_overhead_fraction": median(pairs["pruned", "2 workers"]),
             "two_workers_equal_work_overhead_fraction": median(pairs["equal", "2 workers"]),
             "two_workers_equal_work_overhead_runs": [round(x, 3) for x in pairs["equal", "2 workers"]],
+            "long_equal_work_overhead_fraction": median(pairs["long", "1 worker"]) if ("long", "1 worker") in pairs else None,
+            "long_equal_work_overhead_runs": [round(x, 3) for x in pairs.get(("long", "1 worker"), [])],
             "tracked_runs_s": [round(r["wall"], 2) for r in variants["tracked, 1 worker"]],
             "untracked_runs_s": [round(r["wall"], 2) for r in variants["--no-track, 1 worker"]],
             "tracked_cpu_s": tracked_cpu,
@@ -374,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(pairs {[round(100 * x, 1) for x in t['unpruned_overhead_runs']]} %); with 2 workers: "
           f"{100 * t['two_workers_overhead_fraction']:+.1f} %, on equal work {100 * t['two_workers_equal_work_overhead_fraction']:+.1f} % "
           f"(pairs {[round(100 * x, 1) for x in t['two_workers_equal_work_overhead_runs']]} %)")
+    if t["long_equal_work_overhead_fraction"] is not None:
+        print(f"              long equal work, 1 worker: {100 * t['long_equal_work_overhead_fraction']:+.1f} % "
+              f"(pairs {[round(100 * x, 1) for x in t['long_equal_work_overhead_runs']]} %)")
     c = report["workers"]["machine_ceiling"]
     print(f"  cores       two digits MLP trainings side by side: {c['side_by_side_s']:.2f} s against {c['alone_s']:.2f} s alone, "
           f"{c['throughput_ratio']:.2f}× the throughput of one (the ceiling for 2 workers)")
