@@ -18,7 +18,7 @@ from bpexp.cli.tracking_options import tracker_from_options, tracking_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine, sharing the study (BLAS threads split between them). "
               "All of them write to MLflow through one more process, which with as many workers as cores "
-              "takes its CPU from them (MLflow's import and store, about 4 s once, then about 30 ms per 60-epoch trial); "
+              "takes its CPU from them (importing MLflow and its store, 1.5-4 s once by machine, then about 8 ms per 60-epoch trial on SQLite); "
               "with trials under a second that shows, and --no-track avoids it.")
 @click.option("--storage", default=None,
               help="Study storage: an RDB URL (postgresql+psycopg://...) for several machines, or a journal file. "
