@@ -43,6 +43,19 @@ def make_config():
     return _make
 
 
+@pytest.fixture(scope="session")
+def two_iris_histories():
+    """Two short iris trainings' Histories that differ (seeds 0 and 1): a picture drawn from one is not the other's."""
+    from bpexp.config import config_from_dict
+    from bpexp.data import load_dataset
+    from bpexp.train import train
+
+    config = config_from_dict({"data": {"name": "iris"}, "train": {"max_epochs": 4}})
+    first = train(config, load_dataset(config.data, config.seed)).history
+    second = train(config.model_copy(update={"seed": 1}), load_dataset(config.data, 1)).history
+    return first, second
+
+
 @pytest.fixture
 def rng():
     """A seeded numpy Generator."""

@@ -159,15 +159,10 @@ def test_connecting_to_nothing_fails_with_a_clear_error(tmp_path, monkeypatch):
         tracker.check()
 
 
-def test_curves_drawn_ahead_are_stored_as_drawn_and_only_for_their_run_and_title(mlflow_sqlite_uri, tmp_path):
-    from bpexp.config import config_from_dict
-    from bpexp.data import load_dataset
+def test_curves_drawn_ahead_are_stored_as_drawn_and_only_for_their_run_and_title(mlflow_sqlite_uri, tmp_path, two_iris_histories):
     from bpexp.tracking import curves_png, write_run_artifacts
-    from bpexp.train import train
 
-    config = config_from_dict({"data": {"name": "iris"}, "train": {"max_epochs": 4}})
-    recorded = train(config, load_dataset(config.data, config.seed)).history
-    other = train(config.model_copy(update={"seed": 1}), load_dataset(config.data, 1)).history
+    recorded, other = two_iris_histories
     tracker = ProcessTracker(mlflow_sqlite_uri, "proc-curves")
     tracker.check()
     parent = tracker.start_run("parent")
@@ -187,17 +182,12 @@ def test_curves_drawn_ahead_are_stored_as_drawn_and_only_for_their_run_and_title
     assert read(ids[2], "curves.png") == curves_png(recorded, "another title") != curves_png(other, "another title")
 
 
-def test_curves_drawn_ahead_from_the_stored_history_once_per_run_and_title(mlflow_sqlite_uri, tmp_path):
+def test_curves_drawn_ahead_from_the_stored_history_once_per_run_and_title(mlflow_sqlite_uri, tmp_path, two_iris_histories):
     # a worker out of trials asks for another worker's best by run id: the child reads its
     # history.json back; a second request for the same run and title draws nothing new
-    from bpexp.config import config_from_dict
-    from bpexp.data import load_dataset
     from bpexp.tracking import curves_png, write_run_artifacts
-    from bpexp.train import train
 
-    config = config_from_dict({"data": {"name": "iris"}, "train": {"max_epochs": 4}})
-    recorded = train(config, load_dataset(config.data, config.seed)).history
-    other = train(config.model_copy(update={"seed": 1}), load_dataset(config.data, 1)).history
+    recorded, other = two_iris_histories
     tracker = ProcessTracker(mlflow_sqlite_uri, "proc-curves-stored")
     tracker.check()
     parent = tracker.start_run("parent")
