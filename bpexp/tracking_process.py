@@ -420,7 +420,6 @@ class _Writer:
             return getattr(self.tracker, method)(*args, **kwargs)
         raise ServiceError(f"unknown tracking call {method!r}")
 
-
     def _stored_history(self, run_id: str) -> Any:
         """The History in run ``run_id``'s history.json, or None when the store does not hold it."""
         import json
