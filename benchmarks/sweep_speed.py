@@ -286,21 +286,24 @@ def main(argv: list[str] | None = None) -> int:
         """Per repeat, 2 workers' rate over 1 worker's: runs close in time, so the spread says how far one run can be trusted."""
         return [per_minute([b], key) / per_minute([a], key) for a, b in zip(one, two)]
 
-    def long_scaling(kind: str) -> dict[str, Any] | None:
-        one, two = long[f"{kind}, 1 worker"], long[f"{kind}, 2 workers"]
+    def grid_scaling(runs: dict[str, list[dict]], kind: str) -> dict[str, Any] | None:
+        """1 against 2 workers on an equal-work grid (None when it was not run)."""
+        one, two = runs[f"{kind}, 1 worker"], runs[f"{kind}, 2 workers"]
         if not one:
             return None
-        runs = paired_speedups(one, two, "finished_trials")
-        return {"trials": one[0]["finished_trials"], "wall_s": [median([r["wall"] for r in one]), median([r["wall"] for r in two])],
+        paired = {key: paired_speedups(one, two, key) for key in ("steps_total", "finished_trials")}
+        return {"trials": one[0]["finished_trials"],
+                "wall_s": [median([r["wall"] for r in one]), median([r["wall"] for r in two])],
                 "cpu_s": [median([r["cpu"] for r in one]), median([r["cpu"] for r in two])],
-                "speedup_trials": median(runs), "speedup_trials_runs": [round(x, 2) for x in runs],
+                "speedup_trials": median(paired["finished_trials"]),
+                "speedup_trials_runs": [round(x, 2) for x in paired["finished_trials"]],
+                "speedup_steps": median(paired["steps_total"]),
                 "speedup_trial_phase": phase_per_minute(two) / phase_per_minute(one),
+                # the same parameters and seed give the same epochs, so equal totals say the work was equal
                 "epochs": [min(r["epochs_total"] for r in one + two), max(r["epochs_total"] for r in one + two)]}
 
     def scaling(kind: str) -> dict[str, Any]:
         one, two = variants[f"{kind}, 1 worker"], variants[f"{kind}, 2 workers"]
-        flat_one, flat_two = equal[f"{kind}, 1 worker"], equal[f"{kind}, 2 workers"]
-        paired = {key: paired_speedups(flat_one, flat_two, key) for key in ("steps_total", "finished_trials")}
         return {
             "one_worker_trials_per_min": per_minute(one, "finished_trials"),
             "two_workers_trials_per_min": per_minute(two, "finished_trials"),
@@ -312,15 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             # what a second worker cannot share, before the first trial and after the last
             "before_first_trial_s": [median([r["before_first_trial"] for r in runs]) for runs in (one, two)],
             "after_last_trial_s": [median([r["after_last_trial"] for r in runs]) for runs in (one, two)],
-            "equal_work_wall_s": [median([r["wall"] for r in flat_one]), median([r["wall"] for r in flat_two])],
-            "equal_work_trials": flat_one[0]["finished_trials"],
-            "equal_work_cpu_s": [median([r["cpu"] for r in flat_one]), median([r["cpu"] for r in flat_two])],
-            "equal_work_speedup_trials": median(paired["finished_trials"]),
-            "equal_work_speedup_steps": median(paired["steps_total"]),
-            "equal_work_speedup_trials_runs": [round(x, 2) for x in paired["finished_trials"]],
-            # the same parameters and seed give the same epochs, so equal totals say the work was equal
-            "equal_work_epochs": [min(r["epochs_total"] for r in flat_one + flat_two), max(r["epochs_total"] for r in flat_one + flat_two)],
-            "long_equal_work": long_scaling(kind),
+            "equal_work": grid_scaling(equal, kind),
+            "long_equal_work": grid_scaling(long, kind),
             "goal": ">= 1.8",
         }
 
@@ -393,19 +389,15 @@ def main(argv: list[str] | None = None) -> int:
               f"after the last one {w['after_last_trial_s'][0]:.2f} s vs {w['after_last_trial_s'][1]:.2f} s")
         print(f"              but other trials, other pruning: {w['steps'][0]} vs {w['steps'][1]} minibatch steps, steps/min "
               f"{w['speedup_steps']:.2f}×")
-        print(f"              equal work, the same {w['equal_work_trials']} grid trials: {w['equal_work_wall_s'][0]:.1f} s vs "
-              f"{w['equal_work_wall_s'][1]:.1f} s ({w['equal_work_cpu_s'][0]:.1f} s vs {w['equal_work_cpu_s'][1]:.1f} s CPU), "
-              f"trials/min {w['equal_work_speedup_trials']:.2f}× (goal ≥ 1.8×; per repeat {w['equal_work_speedup_trials_runs']}), "
-              f"steps/min {w['equal_work_speedup_steps']:.2f}×; epochs per sweep "
-              + ("{0} in every run".format(w["equal_work_epochs"][0]) if w["equal_work_epochs"][0] == w["equal_work_epochs"][1]
-                 else "{0}-{1}: the runs did not train the same epochs".format(*w["equal_work_epochs"])))
-        lw = w["long_equal_work"]
-        if lw is not None:
-            print(f"              long equal work, the same {lw['trials']} grid trials: {lw['wall_s'][0]:.1f} s vs {lw['wall_s'][1]:.1f} s "
-                  f"({lw['cpu_s'][0]:.1f} s vs {lw['cpu_s'][1]:.1f} s CPU), trials/min {lw['speedup_trials']:.2f}× (goal ≥ 1.8×; per "
-                  f"repeat {lw['speedup_trials_runs']}), {lw['speedup_trial_phase']:.2f}× from the first trial's start to the last one's end; "
-                  + ("{0} epochs in every run".format(lw["epochs"][0]) if lw["epochs"][0] == lw["epochs"][1]
-                     else "{0}-{1} epochs: the runs did not train the same epochs".format(*lw["epochs"])))
+        for label, g in (("equal work", w["equal_work"]), ("long equal work", w["long_equal_work"])):
+            if g is None:
+                continue
+            print(f"              {label}, the same {g['trials']} grid trials: {g['wall_s'][0]:.1f} s vs {g['wall_s'][1]:.1f} s "
+                  f"({g['cpu_s'][0]:.1f} s vs {g['cpu_s'][1]:.1f} s CPU), trials/min {g['speedup_trials']:.2f}× (goal ≥ 1.8×; per "
+                  f"repeat {g['speedup_trials_runs']}), steps/min {g['speedup_steps']:.2f}×, {g['speedup_trial_phase']:.2f}× from the "
+                  "first trial's start to the last one's end; "
+                  + ("{0} epochs in every run".format(g["epochs"][0]) if g["epochs"][0] == g["epochs"][1]
+                     else "{0}-{1} epochs: the runs did not train the same epochs".format(*g["epochs"])))
     print(f"  pruning     {p['epochs_with_pruning']} epochs with the pruner ({p['pruned_trials']} trials pruned) vs "
           f"{p['epochs_without_pruning']} without ({100 * p['epochs_saved_fraction']:.0f} % saved); best {p['objective'][0]} "
           f"{p['best_with_pruning']:.4f} vs {p['best_without_pruning']:.4f}")

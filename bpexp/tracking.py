@@ -218,16 +218,22 @@ class Tracker(ABC):
             if png is not None:
                 (out / "curves.png").write_bytes(png)
             else:
-                try:
-                    local = self.download_artifact(run_id, "history.json", Path(tmp, "dl"))
-                except Exception:  # the run lives in another tracking store
+                history = self.stored_history(run_id)
+                if history is None:
                     return
-                if local is None:
-                    return
-                draw_curves(History.from_dict(json.loads(Path(local).read_text())), out / "curves.png", title)
+                draw_curves(history, out / "curves.png", title)
             self.log_artifacts(run_id, out)  # the run's own curves.png
             for target in also:
                 self.log_artifacts(target, out.parent)  # folder/curves.png
+
+    def stored_history(self, run_id: str) -> "History | None":
+        """The History in a run's history.json; None when this store holds none for it (or no such run)."""
+        with tempfile.TemporaryDirectory(prefix="bpexp-history-") as tmp:
+            try:
+                local = self.download_artifact(run_id, "history.json", tmp)
+            except Exception:  # the run lives in another tracking store, or its artifacts are not written yet
+                return None
+            return None if local is None else History.from_dict(json.loads(Path(local).read_text()))
 
     def prepare_curves(self, run_id: str, history: "History | None", title: str) -> None:
         """Draw ahead the curves :meth:`log_run_curves` may store for this run later, where that costs nothing.

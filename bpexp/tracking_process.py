@@ -405,7 +405,7 @@ class _Writer:
             if self.prepared is not None and self.prepared[:2] == (run_id, title):
                 return None  # several workers that ran out of trials asked for the same best
             if history is None:
-                history = self._stored_history(run_id)
+                history = self.tracker.stored_history(run_id)
                 if history is None:
                     return None  # not written yet: the sweep's end draws it
             self.prepared = (run_id, title, curves_png(history, title))
@@ -419,20 +419,6 @@ class _Writer:
         if method in ("log_batch", "log_figure", "end_run", "reopen_run", "read_run", "run_status", "find_runs"):
             return getattr(self.tracker, method)(*args, **kwargs)
         raise ServiceError(f"unknown tracking call {method!r}")
-
-    def _stored_history(self, run_id: str) -> Any:
-        """The History in run ``run_id``'s history.json, or None when the store does not hold it."""
-        import json
-
-        from bpexp.train import History
-
-        assert self.tracker is not None
-        with tempfile.TemporaryDirectory(prefix="bpexp-history-") as tmp:
-            try:
-                local = self.tracker.download_artifact(run_id, "history.json", tmp)
-            except Exception:  # no such run or artifact (yet)
-                return None
-            return None if local is None else History.from_dict(json.loads(Path(local).read_text()))
 
 
 class _Server:

@@ -26,7 +26,7 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from bpexp.sweep.search import (
     grid_size,
@@ -80,7 +80,7 @@ class WorkerJob:
     seed_offset: int = 0
     parent_from_study: bool = False
     """True when ``parent_run_id`` was not known yet: read it from the study's ATTR_PARENTS."""
-    best_curves: str = "none"
+    best_curves: Literal["ahead", "at_finish", "none"] = "none"
     """How the tracking process draws the best trial's curves ahead of the sweep's end (see :class:`BestCurves`):
     ``ahead`` (the only worker on a machine), ``at_finish`` (one of several) or ``none``."""
 
@@ -345,7 +345,7 @@ class BestCurves:
       sweep's end draws the best there, or stores the picture drawn ahead.
     """
 
-    def __init__(self, tracker: "Tracker", spec: SweepSpec, study: Any, mode: str = "ahead") -> None:
+    def __init__(self, tracker: "Tracker", spec: SweepSpec, study: Any, mode: Literal["ahead", "at_finish"] = "ahead") -> None:
         self.tracker = tracker
         self.ahead = mode == "ahead"
         self.study_name = spec.study_name
