@@ -68,6 +68,38 @@ def test_an_unknown_time_zone_is_refused():
         parse_cron("0 2 * * *", "Mars/Olympus_Mons")
 
 
+def test_the_job_table_is_made_beside_the_ledger_even_when_another_scheduler_makes_it_at_once(tmp_path, monkeypatch):
+    # APScheduler's job store creates its table by check-then-create on start: two schedulers
+    # starting on one database collided ("table ... already exists"). serve makes it first, as
+    # the ledger makes its own tables, looking again when another process got there between
+    import sqlalchemy as sa
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    from bpexp.batch.ledger import RUNS_TABLE, make_engine
+    from bpexp.batch.scheduler import JOBS_TABLE
+
+    url = f"sqlite:///{tmp_path}/batch.db"
+    ledger = Ledger(url)
+    table = SQLAlchemyJobStore(engine=make_engine(url), tablename=JOBS_TABLE).jobs_t
+    original = sa.Table.create
+    calls: list[bool] = []
+
+    def racing_create(self, bind, checkfirst=False):
+        calls.append(checkfirst)
+        if len(calls) == 1:  # another process creates it after this one's check, before its CREATE
+            other = make_engine(url)
+            original(self, other)
+            other.dispose()
+            return original(self, bind, checkfirst=False)
+        return original(self, bind, checkfirst=checkfirst)
+
+    monkeypatch.setattr(sa.Table, "create", racing_create)
+    ledger.ensure_tables(table)
+    assert calls == [True, True]  # the CREATE that lost the race, then a second look
+    assert sa.inspect(ledger.engine).has_table(JOBS_TABLE) and sa.inspect(ledger.engine).has_table(RUNS_TABLE)
+    ledger.dispose()
+
+
 # ------------------------------------------------------------- serve processes
 
 

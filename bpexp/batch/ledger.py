@@ -223,17 +223,20 @@ class Ledger:
                 raise self._error(exc) from None
             raise
 
-    def ensure_tables(self) -> None:
-        """Create the ledger's tables if they are missing (safe when another process does it at the same time).
+    def ensure_tables(self, *others: Any) -> None:
+        """Create the ledger's tables, and the SQLAlchemy ``others`` beside them (the scheduler's job
+        table), if they are missing; safe when another process does it at the same time.
 
         Raises:
             ServiceError: when the database cannot be reached or written.
         """
-        if self._ready:
+        if self._ready and not others:
             return
         for attempt in range(3):
             try:
                 self._metadata.create_all(self.engine, checkfirst=True)
+                for table in others:
+                    table.create(self.engine, checkfirst=True)
                 break
             except Exception as exc:
                 # a second process created them between our check and our CREATE: look again

@@ -215,13 +215,16 @@ def serve(
     tracker = make_tracker(tracking_uri, experiment or batch.experiment)
     db = batch_database(tracker.uri, storage)
     tracker.check()
+    engine = make_engine(db)
+    jobs = SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE)
     ledger = Ledger(db)
-    ledger.ensure_tables()
+    # the job store creates its table on start by check-then-create: two schedulers starting at
+    # once on one database would collide, so the table is made here, as the ledger's are
+    ledger.ensure_tables(jobs.jobs_t)
     stop = stop if stop is not None else threading.Event()
     _STOP.clear()
-    engine = make_engine(db)
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE), "once": MemoryJobStore()},
+        jobstores={"default": jobs, "once": MemoryJobStore()},
         executors={"default": _fired_executor(1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": misfire_grace},
         timezone=timezone,
