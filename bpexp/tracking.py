@@ -102,6 +102,22 @@ class RunRecord(NamedTuple):
 # ------------------------------------------------------------------ the plug-in point
 
 
+class MetricValue(NamedTuple):
+    """One metric value as a store writes it (the fields of MLflow's ``Metric``)."""
+
+    key: str
+    value: float
+    timestamp: int
+    step: int
+
+
+class KeyValue(NamedTuple):
+    """One param or tag as a store writes it (the fields of MLflow's ``Param`` and ``RunTag``)."""
+
+    key: str
+    value: str
+
+
 class Tracker(ABC):
     """Where runs are recorded.
 
@@ -596,16 +612,9 @@ class MlflowTracker(Tracker):
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                raise ServiceError(
-                    f"MLflow experiment {self.experiment!r} is deleted; restore it (mlflow experiments restore) "
-                    "or choose another name with --experiment"
-                )
+                raise deleted_experiment_error(self.experiment)
             return found.experiment_id
-        artifact_location = None
-        db = sqlite_path(self.uri)
-        if db is not None:
-            # keep artifacts beside the database file, whatever the working directory
-            artifact_location = (db.parent / "mlruns" / _slug(self.experiment)).as_uri()
+        artifact_location = self.artifact_location()
         try:
             return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
         except MlflowException as exc:
@@ -615,6 +624,11 @@ class MlflowTracker(Tracker):
             if found is None:
                 raise
             return found.experiment_id
+
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps its artifacts: beside a SQLite file, whatever the working directory; else MLflow's default (None)."""
+        db = sqlite_path(self.uri)
+        return None if db is None else (db.parent / "mlruns" / _slug(self.experiment)).as_uri()
 
     # -- the Tracker interface
     def check(self) -> None:
@@ -695,14 +709,18 @@ class MlflowTracker(Tracker):
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
         now = int(time.time() * 1000)
-        metric_items = [Metric(str(k), float(v) if v is not None else math.nan, now, int(step)) for k, v, step in metrics]
-        param_items = [Param(str(k), _param_value(v)) for k, v in (params or {}).items()]
-        tag_items = [RunTag(str(k), _tag_value(v)) for k, v in (tags or {}).items()]
+        metric_items: list[Any] = [MetricValue(str(k), float(v) if v is not None else math.nan, now, int(step))
+                                   for k, v, step in metrics]
+        param_items: list[Any] = [KeyValue(str(k), _param_value(v)) for k, v in (params or {}).items()]
+        tag_items: list[Any] = [KeyValue(str(k), _tag_value(v)) for k, v in (tags or {}).items()]
         if self._write_past_orm(run_id, metric_items, param_items, tag_items):
             return
+        from mlflow.entities import Metric, Param, RunTag
+
+        metric_items = [Metric(*item) for item in metric_items]
+        param_items = [Param(*item) for item in param_items]
+        tag_items = [RunTag(*item) for item in tag_items]
         for m, p, t in batch_slices(len(metric_items), len(param_items), len(tag_items)):
             self._call(
                 lambda m=m, p=p, t=t: self.client.log_batch(
@@ -787,6 +805,12 @@ class MlflowTracker(Tracker):
             return None
         base = f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}"
         return f"{base}/runs/{run_id}" if run_id else f"{base}/runs"
+
+
+def deleted_experiment_error(name: str) -> ServiceError:
+    """The error for an experiment that exists but is deleted (MLflow keeps its name taken)."""
+    return ServiceError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+                        "or choose another name with --experiment")
 
 
 def _use_wal(db: Path) -> None:

@@ -201,7 +201,7 @@ def _created(client, writer, run_id: str) -> dict:
     """A new run as MlflowClient reads it back and as its rows stand in the store (some columns MLflow no longer shows), its id taken out."""
     run = client.get_run(run_id)
     info = {k: v for k, v in vars(run.info).items() if k not in ("_run_id", "_run_uuid", "_artifact_uri")}
-    with writer.store.engine.connect() as connection:
+    with writer.engine.connect() as connection:
         row = dict(connection.execute(sa.select(writer.runs).where(writer.runs.c.run_uuid == run_id)).one()._mapping)
     row = {k: (v.replace(run_id, "<id>") if isinstance(v, str) else v) for k, v in row.items()}
     return {"info": info, "artifact_uri": run.info.artifact_uri.replace(run_id, "<id>"), "tags": dict(run.data.tags),
@@ -296,3 +296,108 @@ def test_the_tracker_leaves_other_runs_and_a_switched_off_writer_to_mlflow(mlflo
     switched_off.log_metrics(run_id, [("loss", 1.0, 1)])
     switched_off.end_run(run_id)
     assert calls_off == ["create_run", "log_batch", "set_terminated"]
+
+
+# ------------------------------------------------------------------- MLflow's rules, owned
+
+
+KEY_ALPHABET = st.sampled_from(list("ab_Z09-. /:?*é\\") + ["..", "//", "ß"])
+KEYS_ANY = st.one_of(st.lists(KEY_ALPHABET, max_size=8).map("".join), st.text(max_size=12),
+                     st.integers(245, 255).map(lambda n: "k" * n))
+
+
+@settings(max_examples=400, deadline=None)
+@given(key=KEYS_ANY)
+def test_a_plain_key_is_one_mlflow_takes_as_it_is_and_only_the_colon_is_refused_beyond_mlflow(key):
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
+
+    from bpexp.tracking_sql import plain_key
+
+    def mlflow_takes() -> bool:
+        try:
+            _validate_metric(key, 1.0, 0, 0)
+            return _validate_param(key, "v").key == key and _validate_tag(key, "v").key == key
+        except MlflowException:
+            return False
+
+    # on Linux MLflow also takes a colon; plain_key refuses it, as MLflow does on Windows
+    assert plain_key(key) == (mlflow_takes() and ":" not in key)
+
+
+@settings(max_examples=60, deadline=None)
+@given(length=st.integers(0, 8100), char=st.sampled_from(["x", "é", "😀"]))
+def test_a_plain_value_is_one_mlflow_stores_uncut(length, char):
+    from mlflow.utils.validation import _validate_param, _validate_tag
+
+    from bpexp.tracking_sql import MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, plain_value
+
+    value = char * length
+    assert plain_value(value, MAX_PARAM_VALUE_LENGTH) == (_validate_param("k", value).value == value)
+    assert plain_value(value, MAX_TAG_VALUE_LENGTH) == (_validate_tag("k", value).value == value)
+
+
+@given(value=st.floats(allow_nan=True, allow_infinity=True, width=64))
+def test_metric_values_are_sanitised_as_mlflow_sanitises_them(value):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from bpexp.tracking_sql import sanitize_metric_value
+
+    ours, theirs = sanitize_metric_value(value), SqlAlchemyStore.sanitize_metric_value(None, value)  # it uses no self
+    assert (ours[0], _same(ours[1])) == (theirs[0], _same(theirs[1]))
+
+
+SEGMENT = st.lists(st.sampled_from(list("ab0_-.~é") + ["%20"]), min_size=1, max_size=6).map("".join)
+
+
+@given(segments=st.lists(SEGMENT, min_size=1, max_size=4), form=st.sampled_from(["file:///", "/"]),
+       trailing=st.booleans())
+def test_a_local_artifact_uri_is_the_one_mlflow_appends(segments, form, trailing):
+    from mlflow.utils.uri import append_to_uri_path
+
+    from bpexp.tracking_sql import local_artifact_uri
+
+    location = form + "/".join(segments) + ("/" if trailing else "")
+    assert local_artifact_uri(location, "abc123") == append_to_uri_path(location, "abc123", "artifacts")
+
+
+def test_remote_artifact_locations_are_left_to_mlflow():
+    from bpexp.tracking_sql import local_artifact_uri
+
+    for location in ("s3://bucket/x", "mlflow-artifacts:/1", "file://host/x", "//host/x", "file:///x?y=1", "relative/x", ""):
+        assert local_artifact_uri(location, "abc") is None
+
+
+def test_the_values_bpexp_writes_are_mlflows_own():
+    from mlflow.entities import LifecycleStage, RunStatus, SourceType
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.utils import validation
+    from mlflow.utils.mlflow_tags import MLFLOW_USER
+    from mlflow.utils.workspace_utils import DEFAULT_WORKSPACE_NAME
+
+    from bpexp import tracking_sql as ours
+
+    assert (ours.ACTIVE, ours.RUNNING, ours.SOURCE_UNKNOWN) == (
+        LifecycleStage.ACTIVE, RunStatus.to_string(RunStatus.RUNNING), SourceType.to_string(SourceType.UNKNOWN))
+    assert (ours.ARTIFACTS_FOLDER, ours.TAG_USER, ours.DEFAULT_WORKSPACE) == (
+        SqlAlchemyStore.ARTIFACTS_FOLDER_NAME, MLFLOW_USER, DEFAULT_WORKSPACE_NAME)
+    assert (ours.MAX_KEY_LENGTH, ours.MAX_PARAM_VALUE_LENGTH, ours.MAX_TAG_VALUE_LENGTH) == (
+        validation.MAX_ENTITY_KEY_LENGTH, validation.MAX_PARAM_VAL_LENGTH, validation.MAX_TAG_VAL_LENGTH)
+
+
+def test_a_batch_with_a_key_mlflow_refuses_writes_nothing_and_mlflow_says_why(mlflow_sqlite_uri):
+    from mlflow.exceptions import MlflowException
+
+    tracker = MlflowTracker(mlflow_sqlite_uri, "refused-key")
+    tracker.check()
+    run_id = tracker.start_run("trial")
+    with pytest.raises(MlflowException, match="Invalid value"):
+        tracker.log_batch(run_id, metrics=[("loss", 1.0, 1), ("bad?key", 2.0, 1)])
+    assert tracker.read_run(run_id).metrics == {}
+    writer = tracker._store_writer()
+    from bpexp.tracking import KeyValue
+
+    assert not writer.write(run_id, params=[KeyValue("long", "x" * 6001)])  # MLflow would cut it: its to do
+    assert not writer.write(run_id, tags=[KeyValue("t", "x" * 8001)])
+    assert writer.write(run_id, params=[KeyValue("long", "x" * 6000)], tags=[KeyValue("t", "x" * 8000)])
+    assert (tracker.read_run(run_id).params, tracker.read_run(run_id).tags["t"]) == ({"long": "x" * 6000}, "x" * 8000)
