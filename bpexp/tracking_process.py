@@ -1,12 +1,14 @@
 """Tracking from a helper process, so that a sweep's MLflow writes overlap its training.
 
 :class:`ProcessTracker` is a :class:`~bpexp.tracking.Tracker` whose calls go to a child
-process (``python -m bpexp.tracking_process``) that owns the real
-:class:`~bpexp.tracking.MlflowTracker`. Importing MLflow, opening its store, creating
-runs and writing them all cost CPU in Python (1.5-4 s once by machine, then about 8 ms per
-60-epoch trial run on SQLite: ``python benchmarks/tracking_write_cost.py``) and waits on the
-store; in a thread they would share the GIL with the training loop, in the child
-they run beside it on the other core.
+process (``python -m bpexp.tracking_process``) that owns the real tracker: a
+:class:`~bpexp.tracking_direct.DirectSqlTracker` on a migrated SQL store, which writes
+MLflow's tables without importing MLflow, else an :class:`~bpexp.tracking.MlflowTracker`
+(:func:`~bpexp.tracking_direct.open_tracker`). Opening the store, creating runs and
+writing them cost CPU in Python (under 1 s once, or 1.5-5 s by machine where MLflow
+must be imported, then 8-25 ms by machine per 60-epoch trial run on SQLite: ``python
+benchmarks/tracking_write_cost.py``) and wait on the store; in a thread they would
+share the GIL with the training loop, in the child they run beside it on the other core.
 
 - Writes are queued and return at once; they reach the store in call order.
 - :meth:`ProcessTracker.start_run` returns a *pending* run id at once; any later
@@ -23,9 +25,9 @@ reads end-of-file, writes what it was sent and exits.
 
 The child also listens on a Unix socket (:attr:`ProcessTracker.address`): the worker
 processes of ``bpexp sweep --workers N`` connect to it (``ProcessTracker(connect=...)``)
-instead of each starting a child of its own, so MLflow is imported and its store
-opened once per machine's sweep, not once per worker. Its calls are served one at a
-time, in order per connection.
+instead of each starting a child of its own, so the store is opened (and MLflow
+imported, where needed) once per machine's sweep, not once per worker. Its calls
+are served one at a time, in order per connection.
 """
 
 from __future__ import annotations
@@ -352,7 +354,7 @@ def _connect(address: str) -> socket.socket:
 
 
 class _Writer:
-    """The child's side: one MlflowTracker, pending ids mapped to real ones."""
+    """The child's side: one tracker (see :func:`~bpexp.tracking_direct.open_tracker`), pending ids mapped to real ones."""
 
     def __init__(self) -> None:
         self.tracker: MlflowTracker | None = None
@@ -371,8 +373,9 @@ class _Writer:
             return None
         if method == "open":
             if self.tracker is None:
-                self.tracker = MlflowTracker(*args)
-                self.tracker.check()
+                from bpexp.tracking_direct import open_tracker
+
+                self.tracker = open_tracker(*args)  # MLflow itself is imported only where needed
                 return None
             uri, experiment = args  # a connected process: it must want the store this child has open
             wanted = (resolve_tracking_uri(uri), experiment or DEFAULT_EXPERIMENT)
@@ -426,7 +429,7 @@ class _Server:
 
     def __init__(self) -> None:
         self.writer = _Writer()
-        self.lock = threading.Lock()  # one MlflowTracker, one call at a time
+        self.lock = threading.Lock()  # one tracker, one call at a time
         self.warned = 0
         self.connections: list[threading.Thread] = []
 

@@ -30,7 +30,7 @@ ORDER = [
     ["train"],
     ["lr_find", "clr"],
     ["diagnose", "labelled_suite"],
-    ["tracking", "tracking_process", "tracking_sql"],
+    ["tracking", "tracking_process", "tracking_sql", "tracking_direct"],
     ["sweep"],
     ["report"],
     ["cli", "batch"],
