@@ -9,14 +9,16 @@ epoch) and ``all`` (11), interleaved, in this process:
 
 - into a fresh SQLite store, the default: this process runs MLflow's SQLAlchemy
   store, so the figure is all the CPU a run costs; written as bpexp writes it, past
-  MLflow's ORM (``bpexp.tracking_sql``), and through MLflow's own ``create_run``,
-  ``log_batch`` and ``set_terminated``, with the ratio;
+  MLflow's ORM (``bpexp.tracking_sql``), as the sweep's tracking process writes it
+  without MLflow (``bpexp.tracking_direct``), and through MLflow's own ``create_run``,
+  ``log_batch`` and ``set_terminated``, with the ratios;
 - with ``--server``, also through a real ``mlflow server`` on 127.0.0.1 over its
   own SQLite store, as a team's tracking server: the client's CPU per run (what the
   sweep's machine spends) and the server's (read from /proc, Linux only).
 
-It also prints what a tracking process pays once: importing MLflow and opening
-the store, in a fresh interpreter.
+It also prints what a tracking process pays once, in a fresh interpreter: opening
+the store as a sweep's tracking process does (``open_tracker``: no MLflow import on
+a migrated SQL store), and importing MLflow and opening it with MlflowTracker.
 
     python benchmarks/tracking_write_cost.py
     python benchmarks/tracking_write_cost.py --server --trials 40 --json
@@ -46,17 +48,26 @@ from _common import log  # noqa: E402
 OPEN_COST = """
 import sys, time
 started = time.process_time()
-from bpexp.tracking import MlflowTracker
-MlflowTracker(sys.argv[1], "open-cost").check()
-print(time.process_time() - started)
+if sys.argv[2] == "direct":
+    from bpexp.tracking_direct import open_tracker
+    tracker = open_tracker(sys.argv[1], "open-cost")
+else:
+    from bpexp.tracking import MlflowTracker
+    tracker = MlflowTracker(sys.argv[1], "open-cost")
+    tracker.check()
+print(time.process_time() - started, type(tracker).__name__, "mlflow" in sys.modules)
 """
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def open_cost(uri: str) -> float:
-    """CPU seconds a fresh interpreter spends importing MLflow and opening ``uri`` (as a tracking process does once)."""
-    done = subprocess.run([sys.executable, "-c", OPEN_COST, uri], env=ENV, check=True, capture_output=True, text=True)
-    return float(done.stdout.split()[-1])
+def open_cost(uri: str, how: str) -> dict:
+    """CPU seconds a fresh interpreter spends opening ``uri`` (``how``: "direct" as a sweep's tracking process opens it, or "mlflow").
+
+    Returns the seconds, the tracker's class and whether MLflow was imported.
+    """
+    done = subprocess.run([sys.executable, "-c", OPEN_COST, uri, how], env=ENV, check=True, capture_output=True, text=True)
+    seconds, tracker, imported = done.stdout.split()[-3:]
+    return {"cpu_s": float(seconds), "tracker": tracker, "mlflow_imported": imported == "True"}
 
 
 def session_cpu(session: int) -> float | None:
@@ -110,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bpexp.config import config_from_dict
     from bpexp.tracking import CURVE_METRICS, EPOCH_METRICS, EpochLogger, MlflowTracker, log_result
+    from bpexp.tracking_direct import DirectSqlTracker
     from bpexp.train import train
 
     config = config_from_dict({"data": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [256], "l2": 1e-4},
@@ -130,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             for tracker in trackers.values():
                 tracker.check()
                 parent = parent or tracker.start_run("parent")
+            if store == "sqlite":  # the store is migrated now: what the sweep's tracking process does
+                direct = DirectSqlTracker.open(uri, "write-cost")
+                assert direct is not None, "the direct tracker does not serve a store MLflow just made"
+                direct.check()
+                trackers = {"sql": trackers["sql"], "direct": direct, "mlflow": trackers["mlflow"]}
 
             def write(tracker: MlflowTracker, keys: tuple[str, ...]) -> None:
                 run_id = tracker.start_run("trial", parent_run_id=parent, tags={"bpexp.kind": "trial"})
@@ -151,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                     client[writer, name].append((time.process_time() - started) / args.trials)
                     if server_before is not None:
                         server[writer, name].append((session_cpu(session) - server_before) / args.trials)
-            log(f"{store}: importing MLflow and opening the store in a fresh interpreter ...")
+            log(f"{store}: opening the store in a fresh interpreter ...")
             summary[store] = {
                 "uri": uri.split("://")[0],
-                "open_cpu_s": open_cost(uri),
+                "open": {how: open_cost(uri, how) for how in ("direct", "mlflow")},
                 "writers": {
                     writer: {
                         name: {"series_per_epoch": len(variants[name]), "metric_rows": len(variants[name]) * result.epochs,
@@ -171,18 +188,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one trial run ({result.epochs} epochs) written as a sweep writes it, CPU time per run, median of {args.rounds} rounds")
     for store, row in summary.items():
         where = "a SQLite store, in this process" if store == "sqlite" else "an mlflow server on 127.0.0.1 (SQLite behind it)"
-        print(f"  {where}: importing MLflow and opening the store {row['open_cpu_s']:.2f} s once")
+        opened = row["open"]
+        print(f"  {where}: opening the store once: {opened['mlflow']['cpu_s']:.2f} s with MLflow's import (MlflowTracker), "
+              f"{opened['direct']['cpu_s']:.2f} s as a sweep's tracking process opens it ({opened['direct']['tracker']}, "
+              f"MLflow {'imported' if opened['direct']['mlflow_imported'] else 'not imported'})")
         for writer, costs in row["writers"].items():
-            how = "past MLflow's ORM (bpexp.tracking_sql)" if writer == "sql" else "through MLflow's create_run, log_batch and set_terminated"
+            how = {"sql": "past MLflow's ORM (bpexp.tracking_sql)", "direct": "without MLflow (bpexp.tracking_direct)",
+                   "mlflow": "through MLflow's create_run, log_batch and set_terminated"}[writer]
             for name, cost in costs.items():
                 server_part = (f", the server {cost['server_cpu_ms_per_run']:6.1f} ms" if cost["server_cpu_ms_per_run"] is not None
                                else "")
                 print(f"    {how}, sweep.metrics: {name:<6}  {cost['series_per_epoch']:2d} series, "
                       f"{cost['metric_rows']:4d} per-epoch rows: {cost['cpu_ms_per_run']:6.1f} ms{server_part}")
-        if "sql" in row["writers"]:
-            for name in variants:
-                ratio = row["writers"]["mlflow"][name]["cpu_ms_per_run"] / row["writers"]["sql"][name]["cpu_ms_per_run"]
-                print(f"    sweep.metrics: {name}: MLflow's API / past the ORM: {ratio:.2f}×")
+        for ours, label in (("sql", "past the ORM"), ("direct", "without MLflow")):
+            if ours in row["writers"]:
+                for name in variants:
+                    ratio = row["writers"]["mlflow"][name]["cpu_ms_per_run"] / row["writers"][ours][name]["cpu_ms_per_run"]
+                    print(f"    sweep.metrics: {name}: MLflow's API / {label}: {ratio:.2f}×")
     return 0
 
 
