@@ -144,12 +144,12 @@ class DirectSqlTracker(MlflowTracker):
         try:
             with engine.connect() as connection:
                 if not sa.inspect(connection).has_table("alembic_version"):
-                    return _none(engine)
+                    return _dispose(engine)
                 if connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() != [head]:
-                    return _none(engine)  # MLflow names the revision it wants
+                    return _dispose(engine)  # MLflow names the revision it wants
             writer = SqlRunWriter.for_engine(engine)
             if writer is None or writer.experiments is None:
-                return _none(engine)
+                return _dispose(engine)
             experiments = writer.experiments
             with engine.connect() as connection:
                 elsewhere = connection.execute(
@@ -157,9 +157,9 @@ class DirectSqlTracker(MlflowTracker):
                     .where(experiments.c.workspace.is_not(None), experiments.c.workspace != DEFAULT_WORKSPACE).limit(1)
                 ).first()
             if elsewhere is not None:
-                return _none(engine)  # MLflow refuses such a store without workspaces on, and says so
+                return _dispose(engine)  # MLflow refuses such a store without workspaces on, and says so
         except sa.exc.SQLAlchemyError:
-            return _none(engine)  # MLflow opens it or says why not
+            return _dispose(engine)  # MLflow opens it or says why not
         return cls(uri, experiment, engine, writer)
 
     # -- the experiment
@@ -293,7 +293,8 @@ def local_path(uri: str | None) -> Path | None:
     return None
 
 
-def _none(engine: Any) -> None:
+def _dispose(engine: Any) -> None:
+    """Close the engine's connections; None, for :meth:`DirectSqlTracker.open` to return."""
     engine.dispose()
     return None
 

@@ -123,9 +123,10 @@ def test_a_deleted_experiment_is_refused_as_mlflowtracker_refuses_it(mlflow_sqli
 
 
 def test_a_run_under_a_remote_artifact_location_is_created_by_mlflow(mlflow_sqlite_uri):
-    tracker = _direct(mlflow_sqlite_uri, "remote")
-    experiment_id = tracker.client.create_experiment("remote-artifacts", artifact_location="s3://bucket/kept")
-    tracker._experiment_id = experiment_id  # as a tracker on that experiment
+    from mlflow import MlflowClient
+
+    MlflowClient(mlflow_sqlite_uri).create_experiment("remote-artifacts", artifact_location="s3://bucket/kept")
+    tracker = _direct(mlflow_sqlite_uri, "remote-artifacts")
     run_id = tracker.start_run("trial")
     info = tracker.client.get_run(run_id).info
     assert info.artifact_uri == f"s3://bucket/kept/{run_id}/artifacts"  # MLflow's own URI

@@ -18,8 +18,9 @@ from bpexp.cli.tracking_options import tracker_from_options, tracking_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine, sharing the study (BLAS threads split between them). "
               "All of them write to MLflow through one more process, which with as many workers as cores "
-              "takes its CPU from them (importing MLflow and its store, 1.5-4 s once by machine, then about 8 ms per 60-epoch trial on SQLite); "
-              "with trials under a second that shows, and --no-track avoids it.")
+              "takes its CPU from them (opening the store, under 1 s once on a migrated SQL store and 1.5-5 s by machine where "
+              "MLflow must be imported, then 8-25 ms per 60-epoch trial on SQLite); with trials under a second that shows, "
+              "and --no-track avoids it.")
 @click.option("--storage", default=None,
               help="Study storage: an RDB URL (postgresql+psycopg://...) for several machines, or a journal file. "
               "[default: optuna.journal next to the MLflow data]")
