@@ -140,7 +140,7 @@ class DirectSqlTracker(MlflowTracker):
 
         from bpexp.tracking_sql import DEFAULT_WORKSPACE, SqlRunWriter
 
-        engine = sa.create_engine(uri)
+        engine = sa.create_engine(uri)  # a URL without its driver fails the probe above
         try:
             with engine.connect() as connection:
                 if not sa.inspect(connection).has_table("alembic_version"):

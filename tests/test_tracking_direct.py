@@ -168,6 +168,8 @@ def test_stores_mlflow_would_not_open_as_they_stand_are_left_to_it(mlflow_sqlite
     monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
     assert DirectSqlTracker.open(mlflow_sqlite_uri, "x") is None
     monkeypatch.delenv("MLFLOW_ENABLE_WORKSPACES")
+    with pytest.raises(ServiceError, match="Can't load plugin"):  # fails fast, as MlflowTracker.check does
+        DirectSqlTracker.open("postgresql+nosuchdriver://postgres@127.0.0.1:5432/test", "x")
     _set_revision(mlflow_sqlite_uri, "0000older000")
     assert DirectSqlTracker.open(mlflow_sqlite_uri, "x") is None
     with pytest.raises(ServiceError, match="out-of-date database schema"):  # and MLflow says what to do
