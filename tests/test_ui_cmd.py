@@ -11,9 +11,11 @@ import sys
 import time
 import urllib.request
 
+import pytest
 from click.testing import CliRunner
 
 from bpexp.cli import cli
+from bpexp.cli import ui_cmd
 from bpexp.cli.ui_cmd import is_loopback, server_command
 
 
@@ -126,3 +128,93 @@ def test_sigterm_while_the_server_starts_leaves_no_server_behind(tmp_path):
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _processes_with(marker) == []
+
+
+
+# A stand-in for `mlflow server`: a parent that starts a child, as mlflow server starts
+# uvicorn. Each writes its pid to a file named after its role once it is ready; a
+# "stubborn" child ignores SIGTERM.
+FAKE_SERVER = """
+import os, signal, subprocess, sys, time
+folder, role = sys.argv[1], sys.argv[2]
+if role == "parent":
+    subprocess.Popen([sys.executable, __file__, folder, sys.argv[3]])
+elif role == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open(os.path.join(folder, role), "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(300)
+"""
+
+
+def _fake_server(folder, child: str = "child") -> list[str]:
+    script = folder / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    return [sys.executable, str(script), str(folder), "parent", child]
+
+
+def _wait_for_pid(path, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_group(processes: list[subprocess.Popen]) -> None:
+    """Leave nothing running when a test fails half-way."""
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups")
+def test_a_stop_signal_while_the_server_is_being_started_stops_it_and_its_child(tmp_path, monkeypatch):
+    # SIGTERM arrives after the server process exists but before bpexp holds its Popen
+    # object: it must wait for that object, then stop the server and what it started
+    started: list[subprocess.Popen] = []
+
+    def start_then_signalled(command, env):
+        process = real_start(command, env)
+        started.append(process)
+        _wait_for_pid(tmp_path / "child")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return process
+
+    real_start = ui_cmd.start_server
+    monkeypatch.setattr(ui_cmd, "start_server", start_then_signalled)
+    monkeypatch.setattr(ui_cmd, "server_command", lambda *args: _fake_server(tmp_path))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(cli, ["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--timeout", "60"])
+        assert result.exit_code == 0, result.output
+        assert signal.getsignal(signal.SIGTERM) is previous
+        parent, child = int((tmp_path / "parent").read_text()), int((tmp_path / "child").read_text())
+        assert started[0].pid == parent and started[0].returncode is not None
+        assert not _alive(parent) and not _alive(child)
+    finally:
+        _kill_group(started)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups")
+def test_stop_server_kills_what_ignores_sigterm_after_the_grace(tmp_path):
+    process = ui_cmd.start_server(_fake_server(tmp_path, child="stubborn"), dict(os.environ))
+    try:
+        child = _wait_for_pid(tmp_path / "stubborn")
+        parent = _wait_for_pid(tmp_path / "parent")
+        ui_cmd.stop_server(process, grace=0.5)
+        assert process.returncode == -signal.SIGTERM  # the parent stopped on SIGTERM
+        assert not _alive(parent) and not _alive(child)  # the child only on SIGKILL
+    finally:
+        _kill_group([process])

@@ -62,11 +62,97 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float) -> None
 
 
 class _Stop(BaseException):
-    """SIGTERM arrived: leave the wait and stop the server."""
+    """SIGTERM or SIGHUP arrived: leave the wait and stop the server."""
 
 
-def _raise_stop(signum, frame) -> None:
-    raise _Stop()
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+"""The signals that stop ``bpexp ui`` and its server (SIGHUP: the terminal closed)."""
+
+
+class StopSignals:
+    """While entered, :data:`STOP_SIGNALS` raise ``_Stop`` in the main thread, once :meth:`arm` has run.
+
+    A signal that arrives before :meth:`arm` is held until then. Raised inside
+    ``subprocess.Popen``, after the server had started but before its ``Popen`` object
+    was returned, it would leave no handle to stop the server with.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self.armed = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = True
+        if self.armed:
+            raise _Stop()
+
+    def arm(self) -> None:
+        """From now on a stop signal raises at once; raises ``_Stop`` if one arrived before."""
+        self.armed = True
+        if self.received:
+            raise _Stop()
+
+
+def start_server(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start ``command`` (the server; its logs on stderr) in a process group of its own, where POSIX has them.
+
+    ``mlflow server`` runs uvicorn as a child. Signalled while it starts, before it
+    forwards signals to that child, it can die and leave the child serving the port:
+    :func:`stop_server` signals the whole group instead.
+    """
+    try:
+        log = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr replaced in-process (a test runner's): the process's own
+        log = 2
+    return subprocess.Popen(command, env=env, stdout=log, start_new_session=os.name == "posix")
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> bool:
+    """Send ``signum`` to the process group :func:`start_server` made; False when none of it is left."""
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_server(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """Stop a server from :func:`start_server` and whatever it started: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    Returns once the server is reaped and (on POSIX) nothing of its process group is
+    left running, or ``grace`` seconds after the SIGKILL.
+    """
+    if os.name != "posix":
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return
+    _signal_group(process, signal.SIGTERM)  # mlflow server and uvicorn both stop on SIGTERM
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        process.poll()  # reaps the server, which would otherwise count as a member still
+        if not _signal_group(process, 0):
+            return
+        time.sleep(0.05)
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + grace
+    while _signal_group(process, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @click.command("ui")
@@ -102,23 +188,19 @@ def ui_command(tracking_uri: str | None, host: str, port: int, artifacts: str | 
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown_host}:{port}"
-    # SIGTERM, even while the server is still starting, must stop the server too
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # a stop signal, even while the server is still starting, must stop the server too
     process: subprocess.Popen | None = None
-    try:
-        # the server's own logs go to stderr; stdout carries only the address line
-        process = subprocess.Popen(server_command(uri, host, port, artifacts, auth), env=env, stdout=sys.stderr)
-        wait_for_health(url, process, timeout)
-        click.echo(f"MLflow UI for {uri}: {url}/#/experiments  (Ctrl-C stops it)")
-        sys.stdout.flush()
-        process.wait()
-    except (KeyboardInterrupt, _Stop):
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if process is not None and process.poll() is None:
-            process.terminate()  # mlflow server stops its uvicorn workers on SIGTERM
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with StopSignals() as stop:
+        try:
+            process = start_server(server_command(uri, host, port, artifacts, auth), env)
+            stop.arm()
+            wait_for_health(url, process, timeout)
+            click.echo(f"MLflow UI for {uri}: {url}/#/experiments  (Ctrl-C stops it)")
+            sys.stdout.flush()
+            process.wait()
+        except (KeyboardInterrupt, _Stop):
+            pass
+        finally:
+            stop.armed = False  # a second signal must not cut the stopping short
+            if process is not None:
+                stop_server(process)
