@@ -123,7 +123,8 @@ def plain_key(key: Any) -> bool:
     MLflow's rules (``_validate_param_name`` and ``_validate_metric_name``): alphanumerics,
     ``_ - . /``, spaces (and a colon, except on Windows: refused here); a name that is its own
     ``posixpath.normpath``, not ``.``, not starting with ``..`` or ``/``; at most
-    :data:`MAX_KEY_LENGTH` characters.
+    :data:`MAX_KEY_LENGTH` characters. MLflow's pattern also lets a final newline through
+    (its ``$`` matches before one): refused here, so MLflow's own call takes such a key.
     """
     if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH or not _PLAIN_KEY.fullmatch(key):
         return False
