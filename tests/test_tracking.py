@@ -41,22 +41,26 @@ from bpexp.tracking import (
 )
 from bpexp.train import train
 
-TRACKERS = ["noop", "sqlite", "server", "postgres"]
+TRACKERS = ["noop", "sqlite", "server", "postgres", "direct-sqlite", "direct-postgres"]
 
 
 @pytest.fixture(params=TRACKERS)
 def tracker(request, tmp_path) -> Tracker:
-    """Each Tracker implementation, on a fresh experiment."""
+    """Each Tracker implementation, on a fresh experiment (direct-*: DirectSqlTracker on a migrated store)."""
+    from bpexp.tracking_direct import DirectSqlTracker
+
     experiment = f"contract-{request.node.name}"
     if request.param == "noop":
         tracker = NoOpTracker(experiment)
-    elif request.param == "sqlite":
-        tracker = MlflowTracker(request.getfixturevalue("mlflow_sqlite_uri"), experiment)
     elif request.param == "server":
         tracker = MlflowTracker(request.getfixturevalue("mlflow_server"), experiment)
     else:
-        url = request.getfixturevalue("mlflow_pg_uri")
+        url = request.getfixturevalue("mlflow_sqlite_uri" if request.param.endswith("sqlite") else "mlflow_pg_uri")
         tracker = MlflowTracker(url, experiment)
+        if request.param.startswith("direct"):
+            tracker.check()  # MLflow migrates a new PostgreSQL store first
+            tracker = DirectSqlTracker.open(url, experiment)
+            assert tracker is not None, "DirectSqlTracker does not serve a store MLflow just opened"
     tracker.check()
     return tracker
 

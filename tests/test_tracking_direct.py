@@ -237,3 +237,38 @@ def test_local_paths_are_read_as_mlflow_reads_file_uris(tmp_path):
         assert local_path(uri) == Path(local_file_uri_to_path(uri))
     for uri in ("s3://b/x", "mlflow-artifacts:/x", "file://host/x", None, ""):
         assert local_path(uri) is None
+
+
+def test_commands_get_the_direct_tracker_on_a_migrated_store_and_mlflows_elsewhere(mlflow_sqlite_uri, tmp_path):
+    from bpexp.tracking import make_tracker
+
+    assert isinstance(make_tracker(mlflow_sqlite_uri, "cmd"), DirectSqlTracker)
+    assert type(make_tracker(f"sqlite:///{tmp_path / 'new.db'}", "cmd")) is MlflowTracker  # MLflow makes the schema
+    assert type(make_tracker("http://127.0.0.1:1", "cmd")) is MlflowTracker
+    unreachable = make_tracker("postgresql+psycopg://postgres@127.0.0.1:1/none", "cmd")
+    assert type(unreachable) is MlflowTracker  # no error yet: the command's check reports it, as before
+    with pytest.raises(ServiceError, match="cannot be reached"):
+        unreachable.check()
+
+
+TRAIN_CHECK = textwrap.dedent("""
+    import json, sys
+    from bpexp.cli import cli
+    try:
+        cli.main(["train", "--dataset", "iris", "--max-epochs", "3", "--json", "--tracking-uri", sys.argv[1],
+                  "--experiment", "direct-train"], standalone_mode=False)
+    finally:
+        print(json.dumps({"mlflow imported": "mlflow" in sys.modules}), file=sys.stderr)
+""")
+
+
+def test_bpexp_train_on_a_migrated_store_records_its_run_without_importing_mlflow(mlflow_sqlite_uri):
+    done = subprocess.run([sys.executable, "-c", TRAIN_CHECK, mlflow_sqlite_uri], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == {"mlflow imported": False}
+    payload = json.loads(done.stdout)
+    record = MlflowTracker(mlflow_sqlite_uri, "direct-train").read_run(payload["run_id"])  # read back by MLflow
+    assert record.status == "FINISHED" and record.tags["bpexp.kind"] == "train"
+    assert [step for step, _ in record.metrics["train_loss"]] == [1, 2, 3]
+    assert {"curves.png", "history.json", "weights.npz"} <= set(record.artifacts)
