@@ -907,14 +907,11 @@ def make_tracker(uri: str | None = None, experiment: str | None = None, *, enabl
         from bpexp.tracking_process import ProcessTracker
 
         return ProcessTracker(uri, experiment, connect=connect)
-    # a migrated SQL store is served without importing MLflow (1.5-5 s of CPU by machine)
-    from bpexp.tracking_direct import DirectSqlTracker
+    # a migrated SQL store is served without importing MLflow (1.5-5 s of CPU by machine); an
+    # unreachable one fails where the command checks its tracker, as before
+    from bpexp.tracking_direct import pick_tracker
 
-    try:
-        direct = DirectSqlTracker.open(uri, experiment)
-    except ServiceError:  # unreachable: MlflowTracker.check says so where the command checks its tracker
-        direct = None
-    return direct or MlflowTracker(uri, experiment)
+    return pick_tracker(uri, experiment)
 
 
 # ------------------------------------------------------------- results → run contents

@@ -44,6 +44,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
+from bpexp.errors import ServiceError
 from bpexp.tracking import (
     SQL_WRITES_ENV,
     MlflowTracker,
@@ -299,12 +300,24 @@ def _dispose(engine: Any) -> None:
     return None
 
 
+def pick_tracker(uri: str | None, experiment: str | None) -> MlflowTracker:
+    """A :class:`DirectSqlTracker` for ``uri`` where it serves the store as it stands, else an MlflowTracker; not checked.
+
+    A store that cannot be reached gets an MlflowTracker, whose ``check`` says so.
+    """
+    try:
+        direct = DirectSqlTracker.open(uri, experiment)
+    except ServiceError:
+        direct = None
+    return direct or MlflowTracker(uri, experiment)
+
+
 def open_tracker(uri: str | None, experiment: str | None) -> MlflowTracker:
-    """A checked tracker for ``uri``: a :class:`DirectSqlTracker` where it serves the store, else an MlflowTracker.
+    """:func:`pick_tracker`'s tracker for ``uri``, checked.
 
     Raises:
         ServiceError: the store cannot be reached, or its experiment is deleted.
     """
-    tracker = DirectSqlTracker.open(uri, experiment) or MlflowTracker(uri, experiment)
+    tracker = pick_tracker(uri, experiment)
     tracker.check()
     return tracker
